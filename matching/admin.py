@@ -1,0 +1,137 @@
+from django.contrib import admin
+from django.utils.html import format_html
+
+from catalog.admin import keyframe_strip, thumbnail
+from catalog.models import IndexState
+from matching import services
+from matching.models import Keyframe, Match, MicroVideo, ModelVersion
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["name", "is_active", "embed_dim", "bundle_path", "created_at"]
+    readonly_fields = ["metrics"]
+
+
+class KeyframeInline(admin.TabularInline):
+    model = Keyframe
+    extra = 0
+    fields = ["preview", "position", "timestamp"]
+    readonly_fields = fields
+    can_delete = False
+
+    @admin.display(description="keyframe")
+    def preview(self, obj):
+        return thumbnail(obj.image.url, 128)
+
+
+@admin.register(MicroVideo)
+class MicroVideoAdmin(admin.ModelAdmin):
+    list_display = ["id", "frames", "caption_short", "publisher", "status", "error", "duration", "created_at"]
+    list_filter = ["status", "model_version"]
+    search_fields = ["caption", "original_filename"]
+    readonly_fields = ["sha256", "size_bytes", "duration", "width", "height", "status", "error", "model_version",
+                       "indexed_at"]
+    inlines = [KeyframeInline]
+    actions = ["reindex"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("publisher").prefetch_related("keyframes")
+
+    @admin.display(description="keyframes")
+    def frames(self, obj):
+        return keyframe_strip(obj, 40)
+
+    @admin.display(description="caption")
+    def caption_short(self, obj):
+        return obj.caption[:60]
+
+    @admin.action(description="Re-process selected videos")
+    def reindex(self, request, queryset):
+        for video in queryset:
+            MicroVideo.objects.filter(pk=video.pk).update(status=IndexState.QUEUED, error="")
+            services.queue_video(video)
+        self.message_user(request, f"{queryset.count()} videos queued")
+
+
+class ScoreFilter(admin.SimpleListFilter):
+    title = "score"
+    parameter_name = "score"
+    BANDS = {"high": (0.8, None), "mid": (0.5, 0.8), "low": (None, 0.5)}
+
+    def lookups(self, request, model_admin):
+        return [("high", "≥ 0.8"), ("mid", "0.5 – 0.8"), ("low", "< 0.5")]
+
+    def queryset(self, request, queryset):
+        if self.value() not in self.BANDS:
+            return queryset
+        low, high = self.BANDS[self.value()]
+        if low is not None:
+            queryset = queryset.filter(score__gte=low)
+        if high is not None:
+            queryset = queryset.filter(score__lt=high)
+        return queryset
+
+
+@admin.register(Match)
+class MatchAdmin(admin.ModelAdmin):
+    """Review queue: the video's keyframes and the product's photo side by side."""
+
+    list_display = ["video_frames", "product_photo", "product_title", "category", "score_display", "rank",
+                    "direction", "model_version", "status", "reviewed_by", "reviewed_at"]
+    list_filter = ["status", "direction", ScoreFilter, "product__category__parent__parent",
+                   "product__category__parent", "model_version"]
+    search_fields = ["product__title", "video__caption"]
+    readonly_fields = ["video", "product", "direction", "score", "rank", "model_version", "status", "reviewed_by",
+                       "reviewed_at", "side_by_side"]
+    fields = ["side_by_side", "video", "product", "direction", "score", "rank", "model_version", "status",
+              "reviewed_by", "reviewed_at"]
+    actions = ["approve", "reject"]
+    list_per_page = 25
+
+    def get_queryset(self, request):
+        return (super().get_queryset(request)
+                .select_related("video", "product__category", "model_version", "reviewed_by")
+                .prefetch_related("video__keyframes", "product__images"))
+
+    def has_add_permission(self, request):
+        return False  # matches come from the model, not from hand entry
+
+    @admin.display(description="video keyframes")
+    def video_frames(self, obj):
+        return keyframe_strip(obj.video, 48)
+
+    @admin.display(description="product photo")
+    def product_photo(self, obj):
+        image = next(iter(obj.product.images.all()), None)
+        return thumbnail(image.image.url if image else None, 72)
+
+    @admin.display(description="product", ordering="product__title")
+    def product_title(self, obj):
+        return obj.product.title
+
+    @admin.display(description="category", ordering="product__category__path")
+    def category(self, obj):
+        return obj.product.category.path
+
+    @admin.display(description="score", ordering="score")
+    def score_display(self, obj):
+        return format_html("{}", f"{obj.score:.3f}")
+
+    @admin.display(description="side by side")
+    def side_by_side(self, obj):
+        image = next(iter(obj.product.images.all()), None)
+        return format_html('<div style="display:flex;gap:24px;align-items:flex-start">'
+                           '<div><b>video {}</b><br>{}<p>{}</p></div><div><b>{}</b><br>{}</div></div>',
+                           obj.video_id, keyframe_strip(obj.video, 128), obj.video.caption,
+                           obj.product.title, thumbnail(image.image.url if image else None, 256))
+
+    @admin.action(description="Approve selected matches")
+    def approve(self, request, queryset):
+        n = services.review(queryset, request.user, Match.Review.APPROVED)
+        self.message_user(request, f"{n} matches approved")
+
+    @admin.action(description="Reject selected matches")
+    def reject(self, request, queryset):
+        n = services.review(queryset, request.user, Match.Review.REJECTED)
+        self.message_user(request, f"{n} matches rejected")

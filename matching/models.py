@@ -1,0 +1,110 @@
+"""Micro-videos, their keyframes, the model versions that embed them, and the matches staff review."""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from catalog.models import Category, IndexState, Product
+
+
+class ModelVersion(models.Model):
+    """A trained model bundle (encoder + instance towers). Each vector in the index was made by one."""
+
+    name = models.CharField(max_length=100, unique=True)
+    bundle_path = models.CharField(max_length=500, help_text="Directory holding the checkpoints (see ml.bundle).")
+    embed_dim = models.PositiveIntegerField()
+    is_active = models.BooleanField(default=False)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_active"], condition=Q(is_active=True), name="one_active_model_version")
+        ]
+
+    def __str__(self) -> str:
+        return self.name + (" (active)" if self.is_active else "")
+
+
+class MicroVideo(models.Model):
+    publisher = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="videos")
+    file = models.FileField(upload_to="videos/%Y/%m/")
+    original_filename = models.CharField(max_length=255, blank=True)
+    caption = models.TextField(blank=True, help_text="Caption and hashtags as the publisher wrote them.")
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField(default=0)
+    duration = models.FloatField(null=True, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=IndexState.choices, default=IndexState.QUEUED)
+    error = models.TextField(blank=True)
+    category = models.ForeignKey(
+        Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="videos",
+        help_text="Optional category hint from the publisher.",
+    )
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    indexed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["publisher", "sha256"], name="video_unique_upload_per_publisher")]
+
+    def __str__(self) -> str:
+        return f"video {self.pk}: {self.caption[:40] or self.original_filename}"
+
+
+class Keyframe(models.Model):
+    video = models.ForeignKey(MicroVideo, on_delete=models.CASCADE, related_name="keyframes")
+    position = models.PositiveSmallIntegerField()
+    timestamp = models.FloatField()
+    image = models.ImageField(upload_to="keyframes/%Y/%m/")
+
+    class Meta:
+        ordering = ["video", "position"]
+        constraints = [models.UniqueConstraint(fields=["video", "position"], name="keyframe_unique_position")]
+
+
+class Match(models.Model):
+    class Direction(models.TextChoices):
+        VIDEO_TO_PRODUCT = "v2p", "video → product (ad suggestion)"
+        PRODUCT_TO_VIDEO = "p2v", "product → video (placement)"
+
+    class Review(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    video = models.ForeignKey(MicroVideo, on_delete=models.CASCADE, related_name="matches")
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="matches")
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    score = models.FloatField(help_text="Cosine similarity of the two instance embeddings.")
+    rank = models.PositiveSmallIntegerField(help_text="1 = best, within the query's list.")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="matches")
+    status = models.CharField(max_length=10, choices=Review.choices, default=Review.PENDING)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviewed_matches"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "matches"
+        ordering = ["video", "direction", "rank"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["video", "product", "direction", "model_version"], name="match_unique_pair_per_model"
+            ),
+            models.CheckConstraint(condition=Q(rank__gte=1), name="match_rank_positive"),
+            models.CheckConstraint(
+                condition=Q(status="pending", reviewed_at__isnull=True)
+                | Q(status__in=["approved", "rejected"], reviewed_at__isnull=False),
+                name="match_review_recorded",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "score"])]
+
+    def __str__(self) -> str:
+        return f"{self.video_id} ↔ {self.product_id} ({self.get_direction_display()}, #{self.rank})"

@@ -1,0 +1,66 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from catalog.serializers import CategoryField
+from matching.models import Keyframe, Match, MicroVideo
+
+
+class KeyframeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Keyframe
+        fields = ["position", "timestamp", "image"]
+
+
+class MicroVideoSerializer(serializers.ModelSerializer):
+    category = CategoryField(required=False, allow_null=True, help_text="Optional category hint.")
+    keyframes = KeyframeSerializer(many=True, read_only=True)
+    model_version = serializers.StringRelatedField()
+
+    class Meta:
+        model = MicroVideo
+        fields = ["id", "file", "caption", "category", "status", "error", "duration", "width", "height",
+                  "size_bytes", "keyframes", "model_version", "created_at", "indexed_at"]
+        read_only_fields = ["status", "error", "duration", "width", "height", "size_bytes", "model_version",
+                            "created_at", "indexed_at"]
+        extra_kwargs = {"caption": {"allow_blank": True, "required": False, "trim_whitespace": True}}
+
+    def validate_caption(self, value: str) -> str:
+        limit = settings.MVMATCH_MAX_CAPTION_CHARS
+        if len(value) > limit:
+            raise serializers.ValidationError(f"caption is {len(value)} characters; the limit is {limit}")
+        return value
+
+
+class ProductHitSerializer(serializers.ModelSerializer):
+    """One ranked ad suggestion for a video."""
+
+    product = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Match
+        fields = ["rank", "score", "product", "status", "model_version"]
+
+    def get_product(self, match):
+        p = match.product
+        image = p.images.first()
+        return {"id": p.pk, "title": p.title, "price": str(p.price), "category": p.category.path,
+                "image": self.context["request"].build_absolute_uri(image.image.url) if image else None}
+
+
+class VideoHitSerializer(serializers.ModelSerializer):
+    """One ranked micro-video for a product."""
+
+    video = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Match
+        fields = ["rank", "score", "video", "status", "model_version"]
+
+    def get_video(self, match):
+        v = match.video
+        return {"id": v.pk, "caption": v.caption, "duration": v.duration}
+
+
+class LookupParams(serializers.Serializer):
+    k = serializers.IntegerField(min_value=1, max_value=100, default=settings.MVMATCH_SUGGESTIONS)
+    category = CategoryField(required=False, help_text="Restrict results to this category's subtree.")

@@ -1,0 +1,321 @@
+"""Matching logic shared by the API, the admin, the Celery tasks and the commands.
+
+Views and tasks stay thin: they call these functions.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from PIL import Image
+
+from catalog.models import Category, IndexState, Product
+from matching import vector_index
+from matching.models import Keyframe, Match, MicroVideo, ModelVersion
+from ml.video import VideoError, VideoInfo, probe_video, sample_frames
+
+log = logging.getLogger(__name__)
+
+
+class NoActiveModel(RuntimeError):
+    """Raised when nothing can be embedded because no model version is active."""
+
+
+class NotIndexed(ValueError):
+    """Raised when a lookup needs an embedding that does not exist yet."""
+
+
+# --- models and indexes ---------------------------------------------------------------------
+
+def active_model_version() -> ModelVersion:
+    version = ModelVersion.objects.filter(is_active=True).first()
+    if version is None:
+        raise NoActiveModel("no active model version: run `manage.py build_demo_model` or `manage.py register_model`")
+    return version
+
+
+@functools.lru_cache(maxsize=2)
+def _load_bundle(bundle_path: str, device: str):
+    from ml.bundle import ModelBundle  # torch import deferred: the web process never needs it
+
+    log.info("loading model bundle %s on %s", bundle_path, device)
+    return ModelBundle.load(bundle_path, device=device)
+
+
+def get_bundle(version: ModelVersion):
+    """The model of a version, loaded once per process (workers call it at start-up)."""
+    return _load_bundle(version.bundle_path, settings.MVMATCH_DEVICE)
+
+
+def product_index(version: ModelVersion) -> vector_index.ProductIndex:
+    return vector_index.ProductIndex(_client(), version=version.name, dim=version.embed_dim,
+                                     prefix=settings.MILVUS_COLLECTION_PREFIX)
+
+
+def video_index(version: ModelVersion) -> vector_index.VideoIndex:
+    return vector_index.VideoIndex(_client(), version=version.name, dim=version.embed_dim,
+                                   prefix=settings.MILVUS_COLLECTION_PREFIX)
+
+
+def _client():
+    uri = settings.MILVUS_URI
+    if "://" not in uri:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    return vector_index.connect(uri, settings.MILVUS_TOKEN)
+
+
+def category_ids(category: Category | None) -> tuple[int, int, int]:
+    """(upper, middle, lower) ids for the index's filter fields; -1 where unknown."""
+    if category is None:
+        return -1, -1, -1
+    ids = {c.level: c.pk for c in (category, category.parent, category.parent.parent if category.parent else None) if c}
+    return ids.get(0, -1), ids.get(1, -1), ids.get(2, -1)
+
+
+# --- uploads --------------------------------------------------------------------------------
+
+class DuplicateUpload(ValueError):
+    """The publisher already uploaded this exact file."""
+
+    def __init__(self, existing: MicroVideo):
+        super().__init__(f"this video was already uploaded as video {existing.pk}")
+        self.existing = existing
+
+
+@dataclass
+class CheckedUpload:
+    sha256: str
+    info: VideoInfo
+
+
+def check_video_upload(uploaded) -> CheckedUpload:
+    """Validate an uploaded video before anything is stored. Raises VideoError with the reason."""
+    name = getattr(uploaded, "name", "") or ""
+    if not name.lower().endswith(settings.MVMATCH_VIDEO_EXTENSIONS):
+        raise VideoError(f"unsupported file type {Path(name).suffix or '(none)'}; "
+                         f"allowed: {', '.join(settings.MVMATCH_VIDEO_EXTENSIONS)}")
+    if uploaded.size == 0:
+        raise VideoError("file is empty")
+    if uploaded.size > settings.MVMATCH_MAX_UPLOAD_BYTES:
+        raise VideoError(f"file is {uploaded.size} bytes; the limit is {settings.MVMATCH_MAX_UPLOAD_BYTES} bytes")
+    digest = hashlib.sha256()
+    for chunk in uploaded.chunks():
+        digest.update(chunk)
+    uploaded.seek(0)
+    path = getattr(uploaded, "temporary_file_path", None)
+    if path:
+        info = _probe(path())
+    else:  # small uploads live in memory: probe a temporary copy
+        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as tmp:
+            for chunk in uploaded.chunks():
+                tmp.write(chunk)
+            tmp.flush()
+            uploaded.seek(0)
+            info = _probe(tmp.name)
+    return CheckedUpload(sha256=digest.hexdigest(), info=info)
+
+
+def upload_video(publisher, uploaded, caption: str = "", category: Category | None = None) -> MicroVideo:
+    """Check and store an upload, then queue it. Raises VideoError or DuplicateUpload; stores nothing then."""
+    checked = check_video_upload(uploaded)
+    existing = MicroVideo.objects.filter(publisher=publisher, sha256=checked.sha256).first()
+    if existing:
+        raise DuplicateUpload(existing)
+    try:
+        with transaction.atomic():
+            video = MicroVideo(publisher=publisher, caption=caption, category=category, sha256=checked.sha256,
+                               size_bytes=uploaded.size, original_filename=uploaded.name,
+                               duration=checked.info.duration, width=checked.info.width, height=checked.info.height)
+            video.file.save(Path(uploaded.name).name, uploaded, save=False)
+            video.save()
+    except IntegrityError:  # the same upload raced in twice
+        video.file.delete(save=False)
+        raise DuplicateUpload(MicroVideo.objects.get(publisher=publisher, sha256=checked.sha256))
+    queue_video(video)
+    return video
+
+
+def _probe(path: str) -> VideoInfo:
+    return probe_video(path, max_bytes=settings.MVMATCH_MAX_UPLOAD_BYTES,
+                       max_duration=settings.MVMATCH_MAX_VIDEO_SECONDS)
+
+
+# --- ingestion ------------------------------------------------------------------------------
+
+def _mark(obj, status: str, error: str = "") -> None:
+    obj.status, obj.error = status, error
+    obj.save(update_fields=["status", "error", "updated_at"])
+
+
+def ingest_video(video_id: int) -> str:
+    """Probe, sample, embed, index and suggest for one video. Idempotent; input faults mark it failed."""
+    video = MicroVideo.objects.select_related("category").get(pk=video_id)
+    version = active_model_version()
+    if video.status == IndexState.INDEXED and video.model_version_id == version.pk:
+        return video.status
+    _mark(video, IndexState.PROCESSING)
+    try:
+        path = video.file.path
+        info = _probe(path)
+        sampled = sample_frames(path, settings.MVMATCH_FRAMES_PER_VIDEO, settings.MVMATCH_KEYFRAME_SIZE, info=info)
+    except VideoError as exc:
+        video_index(version).delete([video.pk])  # a re-processed video that now fails must not stay findable
+        _mark(video, IndexState.FAILED, str(exc))
+        return video.status
+    vector = get_bundle(version).embed_videos([sampled.frames], [video.caption])[0]
+    video_index(version).upsert([video.pk], vector[None], *([i] for i in category_ids(video.category)))
+    with transaction.atomic():
+        _replace_keyframes(video, sampled.frames, sampled.timestamps)
+        video.duration, video.width, video.height = info.duration, info.width, info.height
+        video.model_version = version
+        video.status, video.error, video.indexed_at = IndexState.INDEXED, "", timezone.now()
+        video.save()
+    suggest_products(video, settings.MVMATCH_SUGGESTIONS)
+    return video.status
+
+
+def _replace_keyframes(video: MicroVideo, frames: np.ndarray, timestamps: list[float]) -> None:
+    for old in video.keyframes.all():
+        old.image.delete(save=False)
+    video.keyframes.all().delete()
+    for position, (frame, ts) in enumerate(zip(frames, timestamps)):
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=85)
+        kf = Keyframe(video=video, position=position, timestamp=ts)
+        kf.image.save(f"v{video.pk}_{position}.jpg", ContentFile(buf.getvalue()), save=False)
+        kf.save()
+
+
+def ingest_product(product_id: int) -> str:
+    """Embed a product's photos and text, index it and record the videos it fits. Idempotent."""
+    product = Product.objects.select_related("category__parent__parent").get(pk=product_id)
+    version = active_model_version()
+    if product.status == IndexState.INDEXED and product.model_version_id == version.pk:
+        return product.status
+    _mark(product, IndexState.PROCESSING)
+    try:
+        photos = [_load_photo(img.image) for img in product.images.all()]
+    except (OSError, ValueError) as exc:
+        _mark(product, IndexState.FAILED, f"could not read product photo: {exc}")
+        return product.status
+    if not photos:
+        _mark(product, IndexState.FAILED, "product has no photo")
+        return product.status
+    vector = get_bundle(version).embed_products([photos], [product.text])[0]
+    product_index(version).upsert([product.pk], vector[None], *([i] for i in category_ids(product.category)))
+    product.model_version = version
+    product.status, product.error, product.indexed_at = IndexState.INDEXED, "", timezone.now()
+    product.save()
+    suggest_videos(product, settings.MVMATCH_SUGGESTIONS)
+    return product.status
+
+
+def _load_photo(field) -> np.ndarray:
+    with field.open("rb") as fh, Image.open(fh) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+# --- lookups --------------------------------------------------------------------------------
+
+def suggest_products(video: MicroVideo, k: int, category: Category | None = None) -> list[Match]:
+    """Top-k products for a video (ad suggestions), persisted as Match rows for review."""
+    version = _indexed_version(video)
+    vector = video_index(version).get([video.pk]).get(video.pk)
+    if vector is None:
+        raise NotIndexed(f"video {video.pk} has no vector for model {version.name}")
+    hits = product_index(version).search(vector[None], k, **_filter(category))[0]
+    return _record(Match.Direction.VIDEO_TO_PRODUCT, version, {"video_id": video.pk},
+                   [(video.pk, h.id, h.score) for h in hits])
+
+
+def suggest_videos(product: Product, k: int, category: Category | None = None) -> list[Match]:
+    """Top-k micro-videos a product fits (placements), persisted as Match rows for review."""
+    version = _indexed_version(product)
+    vector = product_index(version).get([product.pk]).get(product.pk)
+    if vector is None:
+        raise NotIndexed(f"product {product.pk} has no vector for model {version.name}")
+    hits = video_index(version).search(vector[None], k, **_filter(category))[0]
+    return _record(Match.Direction.PRODUCT_TO_VIDEO, version, {"product_id": product.pk},
+                   [(h.id, product.pk, h.score) for h in hits])
+
+
+def _indexed_version(obj) -> ModelVersion:
+    if obj.status != IndexState.INDEXED or obj.model_version is None:
+        raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} is {obj.status}, not indexed yet")
+    return obj.model_version
+
+
+def _filter(category: Category | None) -> dict:
+    if category is None:
+        return {}
+    return {("upper_id", "middle_id", "lower_ids")[category.level]: category.pk if category.level < 2 else [category.pk]}
+
+
+@transaction.atomic
+def _record(direction: str, version: ModelVersion, anchor: dict, pairs: list[tuple[int, int, float]]) -> list[Match]:
+    """Upsert the ranked list of one query; reviewed decisions are kept, pending rows that fell out are removed."""
+    # Ids from the index may name rows deleted since; keep only live ones.
+    live_videos = set(MicroVideo.objects.filter(pk__in={v for v, _, _ in pairs}).values_list("pk", flat=True))
+    live_products = set(Product.objects.filter(pk__in={p for _, p, _ in pairs}).values_list("pk", flat=True))
+    pairs = [(v, p, s) for v, p, s in pairs if v in live_videos and p in live_products]
+    matches = []
+    for rank, (video_id, product_id, score) in enumerate(pairs, start=1):
+        match, _ = Match.objects.update_or_create(
+            video_id=video_id, product_id=product_id, direction=direction, model_version=version,
+            defaults={"score": float(score), "rank": rank},
+        )
+        matches.append(match)
+    Match.objects.filter(**anchor, direction=direction, model_version=version,
+                         status=Match.Review.PENDING).exclude(pk__in=[m.pk for m in matches]).delete()
+    return matches
+
+
+def review(matches: QuerySet[Match], user, status: str) -> int:
+    """Approve or reject; who decided and when is kept on each row."""
+    if status not in (Match.Review.APPROVED, Match.Review.REJECTED):
+        raise ValueError(f"unknown review status {status!r}")
+    return matches.update(status=status, reviewed_by=user, reviewed_at=timezone.now())
+
+
+# --- queueing and deletion ------------------------------------------------------------------
+
+def queue_video(video: MicroVideo) -> None:
+    """Send the video to the workers once the row is committed (a worker must be able to read it)."""
+    from workers.tasks import ingest_video as task
+
+    transaction.on_commit(lambda: task.delay(video.pk))
+
+
+def queue_product(product: Product) -> None:
+    from workers.tasks import ingest_product as task
+
+    transaction.on_commit(lambda: task.delay(product.pk))
+
+
+def delete_video(video: MicroVideo) -> None:
+    """Remove the video's vectors from every model's index, then its row and files."""
+    for version in ModelVersion.objects.all():
+        video_index(version).delete([video.pk])
+    for kf in video.keyframes.all():
+        kf.image.delete(save=False)
+    video.file.delete(save=False)
+    video.delete()
+
+
+def delete_product(product: Product) -> None:
+    for version in ModelVersion.objects.all():
+        product_index(version).delete([product.pk])
+    for img in product.images.all():
+        img.image.delete(save=False)
+    product.delete()

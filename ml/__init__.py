@@ -1,0 +1,1 @@
+"""Pure PyTorch / NumPy core of mvmatch: no Django imports anywhere under ``ml/``."""

@@ -1,0 +1,189 @@
+"""Instance towers: pre-extracted visual + text features of one side -> contrastive embedding.
+
+One `InstanceTower` per side (micro-video: frames + caption; product: photos + title text),
+built as in the MQMC reference code:
+
+    pooled visual --VisualEmbedding--> v [d]  \
+                                               FusedGatedUnit --> fused [d] --ProjectionHead--> z [proj_dim]
+    text          --TextEmbedding----> t [d]  /
+
+The uni-modal embeddings ``v`` and ``t`` are returned too: the MQMC consistency terms contrast
+them across sides (video visual vs product visual, video text vs product text) and within an
+instance (visual vs text), so they live in one shared space and also serve as visual-only /
+text-only retrieval embeddings for ablations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ml.pooling import create_pooling
+
+MODALITIES = ("fused", "visual", "text")
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """Dimensions of both towers (the two sides share them)."""
+
+    visual_dim: int = 256  # per-frame / per-photo feature size
+    text_dim: int = 256  # caption / product text feature size
+    visual_hidden_dim: int = 512  # hidden width of the visual MLP
+    embed_dim: int = 512  # uni-modal and fused embedding size (d)
+    proj_dim: int = 256  # contrastive space (what goes into the vector index)
+    frame_pooling: str = "mean"  # video frames -> one vector
+    image_pooling: str = "mean"  # product photos -> one vector
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "InstanceConfig":
+        try:
+            base = INSTANCE_PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; available: {', '.join(INSTANCE_PRESETS)}") from None
+        return replace(base, **overrides)
+
+
+INSTANCE_PRESETS: dict[str, InstanceConfig] = {
+    # Our open_clip image/text features.
+    "mvmatch-clip256": InstanceConfig(),
+    # The paper: ResNet-50 2048-d frames/photos, BERT 768-d text, d = 1024, 512-d contrastive space.
+    "mqmc-paper": InstanceConfig(visual_dim=2048, text_dim=768, embed_dim=1024, proj_dim=512),
+}
+
+
+class VisualEmbedding(nn.Module):
+    """Visual MLP: in -> hidden -> hidden -> out, BatchNorm + LeakyReLU between layers."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.LeakyReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.LeakyReLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TextEmbedding(nn.Module):
+    """Linear + BatchNorm + LeakyReLU over a sentence feature."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.LeakyReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ContextGating(nn.Module):
+    """x * sigmoid(W x + b), i.e. GLU over the concatenation [x, Wx + b]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.glu(torch.cat((x, self.fc(x)), dim=1), dim=1)
+
+
+class FusedGatedUnit(nn.Module):
+    """Project both modalities to d, concatenate, Linear, BatchNorm, context gating."""
+
+    def __init__(self, visual_dim: int, text_dim: int, out_dim: int):
+        super().__init__()
+        self.fc_visual = nn.Linear(visual_dim, out_dim)
+        self.fc_text = nn.Linear(text_dim, out_dim)
+        self.fc_out = nn.Linear(2 * out_dim, out_dim)
+        self.bn = nn.BatchNorm1d(out_dim)
+        self.gating = ContextGating(out_dim)
+
+    def forward(self, visual: Tensor, text: Tensor) -> Tensor:
+        x = torch.cat((self.fc_visual(visual), self.fc_text(text)), dim=1)
+        return self.gating(self.bn(self.fc_out(x)))
+
+
+class ProjectionHead(nn.Module):
+    """3-layer MLP (in -> in -> in -> out) into the contrastive space; MoCo keeps a momentum copy."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, in_dim),
+            nn.BatchNorm1d(in_dim),
+            nn.LeakyReLU(),
+            nn.Linear(in_dim, in_dim),
+            nn.BatchNorm1d(in_dim),
+            nn.LeakyReLU(),
+            nn.Linear(in_dim, out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TowerOutput(NamedTuple):
+    visual: Tensor  # uni-modal visual embedding [B, d]
+    text: Tensor  # uni-modal text embedding [B, d]
+    fused: Tensor  # fused gated unit output [B, d]
+    embedding: Tensor  # projection head output [B, proj_dim], not normalised
+
+
+class InstanceTower(nn.Module):
+    """One side's encoder: pool the visual set, embed both modalities, fuse, project."""
+
+    def __init__(self, cfg: InstanceConfig, pooling: str):
+        super().__init__()
+        self.pool = create_pooling(pooling, cfg.visual_dim)
+        self.visual = VisualEmbedding(self.pool.out_dim, cfg.embed_dim, cfg.visual_hidden_dim)
+        self.text = TextEmbedding(cfg.text_dim, cfg.embed_dim)
+        self.fuse = FusedGatedUnit(cfg.embed_dim, cfg.embed_dim, cfg.embed_dim)
+        self.head = ProjectionHead(cfg.embed_dim, cfg.proj_dim)
+
+    def forward(self, visual: Tensor, visual_mask: Tensor | None, text: Tensor) -> TowerOutput:
+        """visual [B, T, Dv] (frames or photos), visual_mask [B, T] bool or None, text [B, Dt]."""
+        v = self.visual(self.pool(visual, visual_mask))
+        t = self.text(text)
+        fused = self.fuse(v, t)
+        return TowerOutput(v, t, fused, self.head(fused))
+
+    def embed(self, visual: Tensor, visual_mask: Tensor | None, text: Tensor, modality: str = "fused") -> Tensor:
+        """The retrieval embedding (not normalised): "fused" (projection), "visual" or "text" (uni-modal)."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        out = self(visual, visual_mask, text)
+        return out.embedding if modality == "fused" else getattr(out, modality)
+
+
+def create_towers(cfg: InstanceConfig) -> tuple[InstanceTower, InstanceTower]:
+    """(video tower, product tower)."""
+    return InstanceTower(cfg, cfg.frame_pooling), InstanceTower(cfg, cfg.image_pooling)
+
+
+@dataclass
+class PairBatch:
+    """A batch of (micro-video, product) pairs; row i of every field belongs to pair i."""
+
+    video_frames: Tensor  # [B, T, Dv]
+    video_frame_mask: Tensor  # [B, T] bool
+    video_caption: Tensor  # [B, Dt]
+    product_images: Tensor  # [B, P, Dv]
+    product_image_mask: Tensor  # [B, P] bool
+    product_text: Tensor  # [B, Dt]
+    middle: Tensor  # [B] long: middle category of the product (its queue)
+    product_index: Tensor  # [B] long: which product; pairs sharing it are not negatives of each other
+
+    def to(self, device: torch.device | str) -> "PairBatch":
+        return PairBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.middle.shape[0]

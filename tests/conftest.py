@@ -1,0 +1,38 @@
+"""Shared fixtures: media in a temporary folder, the ontology loaded once, real ffmpeg-made inputs."""
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        call_command("load_ontology", verbosity=0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(request, tmp_path):
+    """Uploaded files and the index of a test live in its own temporary folder."""
+    if "settings" not in request.fixturenames and not request.node.get_closest_marker("django_db"):
+        return
+    settings = request.getfixturevalue("settings")
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MILVUS_URI = str(tmp_path / "milvus.db")
+
+
+def make_video(path: Path, *, seconds: float = 1.5, size: int = 64, codec: str = "libx264", audio: bool = False,
+               pattern: str = "testsrc2") -> Path:
+    """A real encoded video made by ffmpeg from a test pattern."""
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size={size}x{size}:rate=10:duration={seconds}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=duration={seconds}", "-shortest"]
+    cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+@pytest.fixture
+def video_file(tmp_path) -> Path:
+    return make_video(tmp_path / "clip.mp4")

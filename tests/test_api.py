@@ -1,0 +1,217 @@
+"""The REST API: products and micro-videos, and every bad input the issue names.
+
+Each bad input must get a clear 4xx and change nothing: no row, no stored file, no queued task.
+"""
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+from rest_framework.test import APIClient
+
+from catalog.models import Product, ProductImage
+from matching.models import MicroVideo
+from tests.conftest import make_video
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def user():
+    return get_user_model().objects.create_user("merchant", password="pw")
+
+
+@pytest.fixture
+def api(user):
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """Tasks that would be sent to the broker (the API enqueues after commit)."""
+    sent = []
+    monkeypatch.setattr("workers.tasks.ingest_video.delay", lambda pk: sent.append(("video", pk)))
+    monkeypatch.setattr("workers.tasks.ingest_product.delay", lambda pk: sent.append(("product", pk)))
+    return sent
+
+
+def png(color=(200, 30, 30)) -> SimpleUploadedFile:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buf, format="PNG")
+    return SimpleUploadedFile("photo.png", buf.getvalue(), content_type="image/png")
+
+
+def upload(path: Path, name: str | None = None) -> SimpleUploadedFile:
+    return SimpleUploadedFile(name or path.name, path.read_bytes(), content_type="video/mp4")
+
+
+def nothing_stored(settings):
+    media = Path(settings.MEDIA_ROOT)
+    return not media.exists() or not any(p.is_file() for p in media.rglob("*"))
+
+
+def test_token_auth_required(client):
+    assert APIClient().get("/api/products/").status_code == 401
+    get_user_model().objects.create_user("bob", password="pw")
+    token = APIClient().post("/api/auth/token/", {"username": "bob", "password": "pw"}).json()["token"]
+    authed = APIClient(HTTP_AUTHORIZATION=f"Token {token}")
+    assert authed.get("/api/products/").status_code == 200
+
+
+@pytest.mark.parametrize("category", ["clothes/bags/backpank", "backpack"])
+def test_create_product_by_path_or_name_with_photos(api, queued, category, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        r = api.post("/api/products/", {"title": "Red canvas backpack", "description": "Roomy.", "price": "39.90",
+                                        "category": category, "photos": [png(), png((0, 0, 200))]},
+                     format="multipart")
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["category"]["path"] == "clothes/bags/backpack"
+    assert body["status"] == "queued" and len(body["images"]) == 2
+    assert queued == [("product", body["id"])]
+
+
+def test_create_product_by_category_id(api, queued):
+    from catalog.models import Category
+    cat = Category.objects.get(path="food/fruits/mango")
+    r = api.post("/api/products/", {"title": "Mango box", "price": "5", "category": cat.pk, "photos": [png()]},
+                 format="multipart")
+    assert r.status_code == 201 and r.json()["category"]["id"] == cat.pk
+
+
+@pytest.mark.parametrize("fields, field, message", [
+    ({"category": "clothes/bags/spaceship"}, "category", "unknown category path"),
+    ({"category": "clothes/bags"}, "category", "lower category is required"),
+    ({"category": "cream"}, "category", "ambiguous"),
+    ({"title": "   "}, "title", "blank"),
+    ({"price": "-1"}, "price", "greater than or equal to 0"),
+    ({"photos": []}, "photos", ""),
+])
+def test_bad_product_input_is_rejected_and_changes_nothing(api, queued, settings, fields, field, message):
+    data = {"title": "Mango box", "price": "5", "category": "food/fruits/mango", "photos": [png()], **fields}
+    if data["photos"] == []:
+        del data["photos"]
+    r = api.post("/api/products/", data, format="multipart")
+    assert r.status_code == 400
+    assert field in r.json() and message in str(r.json()[field])
+    assert Product.objects.count() == 0 and ProductImage.objects.count() == 0 and queued == []
+    assert nothing_stored(settings)
+
+
+def test_photo_that_is_not_an_image_is_rejected(api, queued):
+    fake = SimpleUploadedFile("photo.png", b"not an image at all", content_type="image/png")
+    r = api.post("/api/products/", {"title": "x", "price": "1", "category": "food/fruits/mango", "photos": [fake]},
+                 format="multipart")
+    assert r.status_code == 400 and "photos" in r.json()
+    assert Product.objects.count() == 0
+
+
+def test_upload_video_queues_it(api, queued, video_file, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        r = api.post("/api/videos/", {"file": upload(video_file), "caption": "new bag! #ootd"}, format="multipart")
+    assert r.status_code == 202, r.content
+    body = r.json()
+    assert body["status"] == "queued" and body["duration"] == pytest.approx(1.5, abs=0.2)
+    assert queued == [("video", body["id"])]
+    poll = api.get(f"/api/videos/{body['id']}/")
+    assert poll.status_code == 200 and poll.json()["status"] == "queued"
+    # suggestions before indexing: a clear conflict, not an empty list
+    r = api.get(f"/api/videos/{body['id']}/suggestions/")
+    assert r.status_code == 409 and "not indexed yet" in r.json()["detail"]
+
+
+def test_empty_caption_is_accepted(api, queued, video_file):
+    """Many micro-videos carry no caption: the frames alone are matched."""
+    r = api.post("/api/videos/", {"file": upload(video_file), "caption": "   "}, format="multipart")
+    assert r.status_code == 202 and r.json()["caption"] == ""
+
+
+def test_webm_mov_mkv_accepted(api, queued, tmp_path):
+    for ext, codec in [("webm", "libvpx"), ("mov", "libx264"), ("mkv", "libx264")]:
+        path = make_video(tmp_path / f"c.{ext}", codec=codec, pattern="testsrc")
+        r = api.post("/api/videos/", {"file": upload(path)}, format="multipart")
+        assert r.status_code == 202, (ext, r.content)
+
+
+def _bad_inputs(tmp_path: Path, video_file: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file to upload, words the error must contain)."""
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is a text file, not a video\n" * 20)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(video_file.read_bytes()[: video_file.stat().st_size // 3])
+    audio = tmp_path / "audio.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(audio)],
+                   check=True)
+    image = tmp_path / "still.mp4"
+    Image.new("RGB", (64, 64), (0, 128, 0)).save(image, format="PNG")
+    long = make_video(tmp_path / "long.mp4", seconds=8)
+    wrong_ext = tmp_path / "clip.gif"
+    shutil.copy(video_file, wrong_ext)
+    return {
+        "zero-byte": (empty, "empty"),
+        "text named .mp4": (text, "not a video"),
+        "truncated mp4": (truncated, ""),
+        "audio only": (audio, "no video stream"),
+        "image as video": (image, "image"),
+        "over duration limit": (long, "limit"),
+        "unsupported extension": (wrong_ext, "unsupported file type"),
+    }
+
+
+def test_each_bad_video_gets_a_clear_400_and_changes_nothing(api, queued, settings, tmp_path, video_file):
+    settings.MVMATCH_MAX_VIDEO_SECONDS = 5
+    for name, (path, words) in _bad_inputs(tmp_path, video_file).items():
+        r = api.post("/api/videos/", {"file": upload(path), "caption": "x"}, format="multipart")
+        assert r.status_code == 400, (name, r.content)
+        message = " ".join(r.json()["file"]).lower()
+        assert words in message, (name, message)
+    assert MicroVideo.objects.count() == 0 and queued == []
+    assert nothing_stored(settings)
+
+
+def test_video_over_size_limit(api, queued, settings, video_file):
+    settings.MVMATCH_MAX_UPLOAD_BYTES = video_file.stat().st_size - 1
+    r = api.post("/api/videos/", {"file": upload(video_file)}, format="multipart")
+    assert r.status_code == 400 and "limit" in r.json()["file"][0]
+    assert MicroVideo.objects.count() == 0
+
+
+def test_too_long_caption(api, queued, video_file):
+    r = api.post("/api/videos/", {"file": upload(video_file), "caption": "#sale " * 2000}, format="multipart")
+    assert r.status_code == 400 and "limit is" in r.json()["caption"][0]
+    assert MicroVideo.objects.count() == 0 and queued == []
+
+
+def test_unknown_video_category(api, queued, video_file):
+    r = api.post("/api/videos/", {"file": upload(video_file), "category": "food/space"}, format="multipart")
+    assert r.status_code == 400 and "unknown category" in str(r.json()["category"])
+    assert MicroVideo.objects.count() == 0
+
+
+def test_duplicate_upload_is_a_conflict(api, queued, video_file):
+    first = api.post("/api/videos/", {"file": upload(video_file)}, format="multipart")
+    again = api.post("/api/videos/", {"file": upload(video_file, "renamed.mp4")}, format="multipart")
+    assert again.status_code == 409 and again.json()["id"] == first.json()["id"]
+    assert MicroVideo.objects.count() == 1
+
+
+def test_users_see_only_their_own(api, queued, video_file):
+    api.post("/api/videos/", {"file": upload(video_file)}, format="multipart")
+    other = APIClient()
+    other.force_authenticate(get_user_model().objects.create_user("other"))
+    assert other.get("/api/videos/").json()["count"] == 0
+
+
+def test_openapi_schema_lists_endpoints(api):
+    r = api.get("/api/schema/")
+    assert r.status_code == 200
+    text = r.content.decode()
+    assert "/api/videos/{id}/suggestions/" in text and "/api/products/{id}/videos/" in text
