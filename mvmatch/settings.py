@@ -116,6 +116,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     else {}
 )
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", f"file://{VAR_DIR / 'celery' / 'results'}")
+# The server-less broker and result store are folders; they must exist before web or worker use them.
+for _folder in ([_broker_dir] if CELERY_BROKER_URL.startswith("filesystem") else []) + (
+        [Path(CELERY_RESULT_BACKEND.removeprefix("file://"))] if CELERY_RESULT_BACKEND.startswith("file://") else []):
+    _folder.mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ALWAYS_EAGER = False
 MVMATCH_ML_QUEUE = os.environ.get("MVMATCH_ML_QUEUE", "ml")
 CELERY_TASK_ROUTES = {"workers.tasks.ingest_*": {"queue": MVMATCH_ML_QUEUE}}  # GPU workers consume this queue

@@ -47,7 +47,7 @@ class Stack:
         return out.stdout
 
     def shell(self, code: str) -> str:
-        return self.manage("shell", "-c", code).strip()
+        return self.manage("shell", "-v", "0", "-c", code).strip()
 
     def spawn(self, name: str, *cmd: str) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")
