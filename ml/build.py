@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ml.bundle import ModelBundle
 from ml.datagen import SIZES, DatasetConfig, generate_dataset
-from ml.features import decode_videos, load_photo, manifest_features, sampled_frame_kinds
 from ml.fusion import InstanceConfig
-from ml.texts import product_text
+from ml.prepare import FeatureRecipe, prepare_features
 from ml.train_instance import TrainConfig, evaluate, train
-from ml.train_tower import train_tower
 
 # Training data for the demo model: every middle category, products never in the demo catalogue
 # (another seed), one video per product.
@@ -56,30 +51,6 @@ class BuildConfig:
     progress: bool = True
 
 
-def tower_pairs(manifest, frames: dict[str, np.ndarray], frames_per_video: int, image_size: int, seed: int):
-    """Image/text pairs for the image tower: product photos and the product frames of its videos."""
-    images, texts = [], []
-    for p in manifest.products_in("train"):
-        for rel in p.images:
-            images.append(np.asarray(Image.fromarray(load_photo(manifest.root / rel)).resize((image_size, image_size),
-                                                                                             Image.BICUBIC)))
-            texts.append(product_text(p.title, p.description))
-    for v in manifest.videos_in("train"):
-        p = manifest.product(v.product_sku)
-        for frame, kind in zip(frames[v.key], sampled_frame_kinds(v, frames_per_video)):
-            if kind == "product":
-                images.append(frame)
-                texts.append(product_text(p.title, p.description))
-    images = np.stack(images)
-    rng = random.Random(seed)
-
-    def batch(size: int):
-        idx = rng.sample(range(len(images)), min(size, len(images)))
-        return images[idx], [texts[i] for i in idx]
-
-    return batch, len(images)
-
-
 def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = None) -> dict:
     """Train everything and write a bundle to out_dir; returns its metadata (with validation metrics)."""
     out_dir = Path(out_dir)
@@ -91,23 +62,12 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
                                 progress=cfg.progress)
     timings["generate_s"] = time.monotonic() - t0
 
-    t = time.monotonic()
-    image_size = 64
     splits = [s for s in ("train", "val") if manifest.videos_in(s)]
-    frames = decode_videos(manifest, [v for s in splits for v in manifest.videos_in(s)],
-                           frames_per_video=cfg.frames_per_video, frame_size=image_size, progress=cfg.progress)
-    timings["decode_s"] = time.monotonic() - t
-
-    t = time.monotonic()
-    source, n_pairs = tower_pairs(manifest, frames, cfg.frames_per_video, image_size, cfg.seed)
-    tower = train_tower(cfg.encoder, source, steps=cfg.tower_steps, batch_size=cfg.tower_batch, seed=cfg.seed,
-                        progress=cfg.progress)
-    encoder = tower.encoder
-    timings["tower_s"] = time.monotonic() - t
-
-    t = time.monotonic()
-    features = {s: manifest_features(encoder, manifest, s, frames, progress=cfg.progress) for s in splits}
-    timings["features_s"] = time.monotonic() - t
+    recipe = FeatureRecipe(encoder=cfg.encoder, tower_steps=cfg.tower_steps, tower_batch=cfg.tower_batch,
+                           frames_per_video=cfg.frames_per_video, seed=cfg.seed)
+    prepared = prepare_features(manifest, splits, recipe, progress=cfg.progress)
+    encoder, features = prepared.encoder, prepared.features
+    timings |= prepared.timings
 
     t = time.monotonic()
     train_cfg = TrainConfig(method=cfg.method, instance=InstanceConfig(visual_dim=encoder.embed_dim,
@@ -125,16 +85,16 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
         "frames_per_video": cfg.frames_per_video,
         "encoder": cfg.encoder,
         "method": cfg.method,
-        "build": {**cfg.__dict__, "tower_pairs": n_pairs},
+        "build": {**cfg.__dict__, "tower_pairs": prepared.tower_pairs},
         "data": {"size": data_cfg.name, "seed": cfg.seed, **{s: len(manifest.videos_in(s)) for s in splits}},
-        "tower_loss": {"first": tower.loss_history[0], "last": tower.loss_history[-1]},
+        "tower_loss": {"first": prepared.tower_loss[0], "last": prepared.tower_loss[-1]},
         "metrics": metrics,
         "timings": {k: round(v, 1) for k, v in {**timings, "total_s": time.monotonic() - t0}.items()},
     }
     best = work / "instance" / "best.pt"
     ModelBundle.write(out_dir, encoder, best if best.exists() else work / "instance" / "last.pt", meta)
     (out_dir / "history.json").write_text(json.dumps(
-        {"tower_loss": tower.loss_history, "instance": history}, default=float))
+        {"tower_loss": prepared.tower_loss, "instance": history}, default=float))
     return meta
 
 

@@ -185,6 +185,52 @@ class Encoder:
         return self._encode(list(texts), lambda chunk: self.model.encode_text(self.tokenize(chunk), normalize=True),
                             batch_size)
 
+    @torch.no_grad()
+    def encode_text_tokens(self, texts: Sequence[str], max_tokens: int = 32,
+                           batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-word features for fine-grained matching: (tokens float16 ``[N, L, D]``, mask bool ``[N, L]``).
+
+        The text transformer's last hidden states through the same (bias-free) projection as the
+        sentence feature, so words live in the sentence/image space (their mean over the whole
+        sequence, special tokens included, is the sentence feature before normalisation). [CLS],
+        [SEP] and padding are dropped, words are L2-normalised, at most ``max_tokens`` per text and
+        L = the longest kept: compact enough to store per product. Needs a Hugging Face text tower.
+        """
+        text = getattr(self.model, "text", None)
+        if not isinstance(text, HFTextEncoder):
+            raise ValueError(f"{self.model_name} has no Hugging Face text tower: no per-token features")
+        self.model.eval()
+        special = torch.tensor([t for t in (text.config.pad_token_id, getattr(text.config, "bos_token_id", None),
+                                            getattr(text.config, "eos_token_id", None)) if t is not None]
+                               + self._special_token_ids())
+        out_tokens, out_masks = [], []
+        step = batch_size or self.batch_size
+        for i in range(0, len(texts), step):
+            ids = self.tokenize(list(texts[i: i + step]))
+            hidden = text.transformer(input_ids=ids, attention_mask=(ids != text.config.pad_token_id).long())
+            words = F.normalize(text.proj(hidden.last_hidden_state), dim=-1).float().cpu()
+            keep = ~torch.isin(ids.cpu(), special)
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept words first, in order
+            words = words.gather(1, order[..., None].expand_as(words))[:, :max_tokens]
+            out_tokens.append(words)
+            out_masks.append(keep.gather(1, order)[:, :max_tokens])
+        if not out_tokens:
+            return torch.empty(0, 0, self.embed_dim, dtype=torch.float16), torch.empty(0, 0, dtype=torch.bool)
+        length = max(1, max(int(m.sum(1).max()) if m.numel() else 0 for m in out_masks))
+        tokens = torch.zeros(len(texts), length, self.embed_dim, dtype=torch.float16)
+        mask = torch.zeros(len(texts), length, dtype=torch.bool)
+        row = 0
+        for t, m in zip(out_tokens, out_masks):
+            n = min(length, t.shape[1])
+            tokens[row: row + len(t), :n] = (t[:, :n] * m[:, :n, None]).half()
+            mask[row: row + len(t), :n] = m[:, :n]
+            row += len(t)
+        return tokens, mask
+
+    def _special_token_ids(self) -> list[int]:
+        tokenizer = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a HF tokenizer
+        return list(getattr(tokenizer, "all_special_ids", []) or [])
+
     def _encode(self, items, encode_chunk: Callable, batch_size: int | None) -> torch.Tensor:
         self.model.eval()  # embeddings are deterministic: no dropout of any kind
         step = batch_size or self.batch_size

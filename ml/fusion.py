@@ -37,6 +37,7 @@ class InstanceConfig:
     proj_dim: int = 256  # contrastive space (what goes into the vector index)
     frame_pooling: str = "mean"  # video frames -> one vector
     image_pooling: str = "mean"  # product photos -> one vector
+    video_prototypes: int = 1  # > 1: that many visual prototypes per video (ml.prototypes), matched by the best
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "InstanceConfig":

@@ -27,6 +27,7 @@ class LossConfig:
     gamma: float = 0.1  # intra-instance consistency; 0 switches the term off
     temperature: float = 0.07  # InfoNCE
     consistency_temperature: float = 100.0  # the paper's "margin"
+    diversity: float = 0.1  # prototype diversity term (only with InstanceConfig.video_prototypes > 1)
 
 
 class ContrastiveOutput(NamedTuple):
@@ -56,8 +57,13 @@ def info_nce_with_queue(
     drops it), so a weight w multiplies that negative's exp(sim / T) in the softmax denominator.
     """
     query = query / temperature  # scale the [B, D] side, not the [B, N] logits
-    positive = (query * positive_key).sum(dim=1, keepdim=True)
-    logits = torch.cat((positive, torch.addmm(negative_bias, query, queue.T)), dim=1)
+    positive = (query * positive_key).sum(dim=1)
+    return info_nce_from_logits(positive, torch.addmm(negative_bias, query, queue.T))
+
+
+def info_nce_from_logits(positive: Tensor, negatives: Tensor) -> Tensor:
+    """Cross-entropy of each query's positive logit [B] against its negative logits [B, N] (already scaled)."""
+    logits = torch.cat((positive.unsqueeze(1), negatives), dim=1)
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 

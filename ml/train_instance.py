@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ml.frame_sampling import sparse_frames
 from ml.fusion import InstanceConfig, PairBatch
 from ml.losses import InBatchContrast, LossConfig
 from ml.metrics import retrieval_metrics
@@ -107,6 +108,9 @@ class TrainConfig:
     device: str = "cpu"
     eval_batch_size: int = 1024
     progress: bool = True
+    # Frames per video fed to each training step, drawn at random from its valid frames in temporal
+    # order: 0 = all (dense); 1 = single-frame training (Singularity); a few = sparse sampling (ClipBERT).
+    train_frames: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -130,6 +134,12 @@ RESUMABLE_CHANGES = ("epochs", "device", "eval_batch_size", "progress")
 
 
 def create_model(cfg: TrainConfig) -> nn.Module:
+    if cfg.instance.video_prototypes > 1:
+        if cfg.method == "infonce":
+            raise ValueError("visual prototypes are implemented for the momentum-contrast methods (mqmc, moco)")
+        from ml.prototypes import PrototypeMoCo
+
+        return PrototypeMoCo(cfg.instance, cfg.loss, cfg.mqmc)
     if cfg.method == "infonce":
         return InBatchContrast(cfg.instance, cfg.loss)
     return MultiQueueMoCo(cfg.instance, cfg.loss, cfg.mqmc)
@@ -153,7 +163,7 @@ def _embed(tower: nn.Module, visual, text, visual_mask, modality: str, batch_siz
         ]
     finally:
         tower.train(was_training)
-    return torch.nn.functional.normalize(torch.cat(out), dim=1).cpu().numpy().astype(np.float32)
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu().numpy().astype(np.float32)
 
 
 def embed_videos(model: nn.Module, frames, caption, frame_mask=None, *, modality: str = "fused", batch_size: int = 1024) -> np.ndarray:
@@ -255,7 +265,10 @@ def train(
         bar = tqdm(_epoch_batches(train_set.num_videos, cfg.batch_size, shuffle), desc=f"epoch {epoch}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False)
         for index in bar:
-            result = model(train_set.pair_batch(index).to(cfg.device))
+            batch = train_set.pair_batch(index)
+            if cfg.train_frames:
+                batch = sparse_frames(batch, cfg.train_frames)
+            result = model(batch.to(cfg.device))
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()

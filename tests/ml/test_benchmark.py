@@ -1,0 +1,70 @@
+"""The benchmark command end to end on the tiny dataset: every row, report, plots, results, feature cache."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ml.benchmark import FEATURE_ROWS, VARIANTS, main
+from ml.datagen import SIZES, generate_dataset
+
+FAST = ["--epochs", "2", "--batch-size", "8", "--queue-size", "8", "--tower-steps", "3", "--tower-batch", "8",
+        "--frames-per-video", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-data")
+    generate_dataset(root, SIZES["tiny"], seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-report")
+    main(["--data", str(tiny_data), "--out", str(out), *FAST])
+    return out
+
+
+def test_report_has_every_row_both_directions_and_the_plots(report):
+    results = json.loads((report / "results.json").read_text())
+    rows = results["rows"]
+    assert set(rows) == {"chance", *FEATURE_ROWS, *VARIANTS}
+    test_products = 4  # tiny: 4 lower categories x 1 test product
+    assert rows["chance"]["test"]["v2p_R@1"] == pytest.approx(100 / test_products)
+    for name, row in rows.items():
+        for direction in ("v2p", "p2v"):
+            assert {f"{direction}_{m}" for m in ("R@1", "R@5", "R@10", "MdR", "MnR")} <= row["test"].keys()
+            assert 1 <= row["test"][f"{direction}_MdR"] <= test_products
+        if name != "chance":
+            assert row["test_by_upper"] and all(u in ("clothes", "cosmetics", "supplies", "furniture", "entertainment",
+                                                      "food") for u in row["test_by_upper"])
+    for name in VARIANTS:
+        assert len(rows[name]["val_per_epoch"]) == 2 and rows[name]["step_loss"]
+        assert (report / "runs" / name / "best.pt").exists()
+    assert rows["mqmc"]["negatives"] == 30 * 8 and rows["moco"]["negatives"] == 8
+    assert rows["mqmc-beta0"]["config"]["loss"]["beta"] == 0 and rows["mqmc"]["config"]["loss"]["beta"] == 0.1
+    assert rows["mqmc-no-weighting"]["config"]["mqmc"]["reweight_negatives"] is False
+
+    text = (report / "report.md").read_text()
+    for row in rows.values():
+        assert row["label"] in text
+    assert "python -m ml.benchmark --data" in text and "Machine:" in text
+    for plot in ("loss.png", "val_recall.png", "upper_recall.png"):
+        assert (report / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({plot})" in text
+
+
+def test_rerun_loads_features_from_the_cache(tiny_data, report, tmp_path):
+    main(["--data", str(tiny_data), "--out", str(tmp_path), "--methods", "infonce", *FAST])
+    setup = json.loads((tmp_path / "results.json").read_text())["setup"]
+    assert any(k.startswith("(cached)") for k in setup["timings"])
+    assert "loaded from the feature cache" in " ".join(setup["data"])
+    first = json.loads((report / "results.json").read_text())["rows"]["visual-features"]["test"]
+    again = json.loads((tmp_path / "results.json").read_text())["rows"]["visual-features"]["test"]
+    assert again == first  # the same features
+
+
+def test_unknown_method_is_refused(tiny_data, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--data", str(tiny_data), "--out", str(tmp_path), "--methods", "nope"])

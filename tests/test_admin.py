@@ -1,0 +1,98 @@
+"""Staff review in the admin: thumbnails side by side, bulk approve/reject, who decided and when, filters."""
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from PIL import Image
+
+from catalog.models import Category, IndexState, Product, ProductImage
+from matching.models import Keyframe, Match, MicroVideo, ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+def jpeg(color) -> ContentFile:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, format="JPEG")
+    return ContentFile(buf.getvalue())
+
+
+@pytest.fixture
+def staff(client):
+    user = get_user_model().objects.create_superuser("staff", password="pw")
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def matches():
+    owner = get_user_model().objects.create_user("owner")
+    version = ModelVersion.objects.create(name="v1", bundle_path="/tmp/v1", embed_dim=8, is_active=True)
+    video = MicroVideo.objects.create(publisher=owner, caption="my new bag #ootd", sha256="a" * 64,
+                                      status=IndexState.INDEXED, model_version=version)
+    for i in range(3):
+        kf = Keyframe(video=video, position=i, timestamp=i * 0.5)
+        kf.image.save(f"kf{i}.jpg", jpeg((i * 80, 0, 0)), save=False)
+        kf.save()
+    out = []
+    for i, (path, score) in enumerate([("clothes/bags/backpack", 0.91), ("food/fruits/mango", 0.42)]):
+        product = Product.objects.create(merchant=owner, title=f"product {i}", price=1,
+                                         category=Category.objects.get(path=path), status=IndexState.INDEXED)
+        img = ProductImage(product=product)
+        img.image.save(f"p{i}.jpg", jpeg((0, 0, 200)), save=False)
+        img.save()
+        out.append(Match.objects.create(video=video, product=product, direction="v2p", score=score, rank=i + 1,
+                                        model_version=version))
+    return out
+
+
+def test_changelist_shows_keyframes_and_photo_side_by_side(client, staff, matches):
+    r = client.get("/admin/matching/match/")
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert html.count("/media/keyframes/") >= 3 * len(matches)  # every keyframe thumbnail, per row
+    assert "/media/products/" in html and "0.910" in html and "clothes/bags/backpack" in html
+    detail = client.get(f"/admin/matching/match/{matches[0].pk}/change/").content.decode()
+    assert "side by side" in detail.lower() and "my new bag" in detail
+
+
+def test_bulk_approve_and_reject_record_who_and_when(client, staff, matches):
+    good, bad = matches
+    r = client.post("/admin/matching/match/", {"action": "approve", "_selected_action": [good.pk]}, follow=True)
+    assert r.status_code == 200
+    client.post("/admin/matching/match/", {"action": "reject", "_selected_action": [bad.pk]})
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert (good.status, good.reviewed_by, bad.status, bad.reviewed_by) == ("approved", staff, "rejected", staff)
+    assert good.reviewed_at is not None and bad.reviewed_at is not None
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("status__exact=pending", {"product 0", "product 1"}),
+    ("score=high", {"product 0"}),
+    ("score=low", {"product 1"}),
+    ("product__category__parent__parent__id__exact={food}", {"product 1"}),
+])
+def test_filters(client, staff, matches, query, expected):
+    food = Category.objects.get(path="food").pk
+    html = client.get("/admin/matching/match/?" + query.format(food=food)).content.decode()
+    shown = {title for title in ("product 0", "product 1") if f">{title}<" in html}
+    assert shown == expected
+
+
+def test_reviewed_match_keeps_its_decision_when_suggestions_refresh(staff, matches):
+    from matching import services
+
+    services.review(Match.objects.filter(pk=matches[0].pk), staff, Match.Review.APPROVED)
+    pairs = [(matches[0].video_id, m.product_id, 0.5) for m in matches[::-1]]
+    services._record(Match.Direction.VIDEO_TO_PRODUCT, matches[0].model_version, {"video_id": matches[0].video_id}, pairs)
+    kept = Match.objects.get(pk=matches[0].pk)
+    assert kept.status == "approved" and kept.rank == 2
+
+
+def test_review_status_needs_a_timestamp_in_the_database(matches):
+    from django.db import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        Match.objects.filter(pk=matches[0].pk).update(status="approved")
