@@ -29,7 +29,7 @@ fi
 
 $PY manage.py migrate --noinput -v0
 $PY manage.py load_ontology
-$PY manage.py build_model --size demo   # trains once; later runs reuse the registered model
+$PY manage.py build_model --name demo-v1   # trains once; later runs reuse the registered model
 
 $PY -m celery -A workers worker -Q ml,celery --concurrency 1 --loglevel INFO \
   > "$MVMATCH_VAR_DIR/log/worker.log" 2>&1 &

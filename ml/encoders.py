@@ -31,6 +31,7 @@ from open_clip.hf_model import HFTextEncoder
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
+from transformers.utils import logging as hf_logging
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -200,9 +201,8 @@ class Encoder:
         if not isinstance(text, HFTextEncoder):
             raise ValueError(f"{self.model_name} has no Hugging Face text tower: no per-token features")
         self.model.eval()
-        special = torch.tensor([t for t in (text.config.pad_token_id, getattr(text.config, "bos_token_id", None),
-                                            getattr(text.config, "eos_token_id", None)) if t is not None]
-                               + self._special_token_ids())
+        hf_tokenizer = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a HF tokenizer
+        special = torch.tensor([text.config.pad_token_id, *getattr(hf_tokenizer, "all_special_ids", [])])
         out_tokens, out_masks = [], []
         step = batch_size or self.batch_size
         for i in range(0, len(texts), step):
@@ -226,10 +226,6 @@ class Encoder:
             mask[row: row + len(t), :n] = m[:, :n]
             row += len(t)
         return tokens, mask
-
-    def _special_token_ids(self) -> list[int]:
-        tokenizer = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a HF tokenizer
-        return list(getattr(tokenizer, "all_special_ids", []) or [])
 
     def _encode(self, items, encode_chunk: Callable, batch_size: int | None) -> torch.Tensor:
         self.model.eval()  # embeddings are deterministic: no dropout of any kind
@@ -305,10 +301,18 @@ def _build(model_name: str, model_cfg: dict, checkpoint: str | None, device: str
     if is_hf_text:  # pretrained text weights only when no full checkpoint will overwrite them
         text_cfg["hf_model_pretrained"] = checkpoint is None
     custom_text = resolved.pop("custom_text", False) or is_hf_text
-    model = open_clip.create_model(
-        model_name, pretrained=checkpoint, device=device, precision=precision,
-        force_custom_text=custom_text, force_preprocess_cfg=preprocess_cfg, **resolved,
-    )
+    # transformers reports MiniLM's unused pooler weights on every load: expected, so kept out of logs.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = open_clip.create_model(
+            model_name, pretrained=checkpoint, device=device, precision=precision,
+            force_custom_text=custom_text, force_preprocess_cfg=preprocess_cfg, **resolved,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     return Encoder(model, _create_tokenizer(model_name, text_cfg), model_name, model_cfg, meta=meta)
 
 

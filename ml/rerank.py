@@ -230,9 +230,9 @@ def rerank_scores(first_stage: Tensor, head: MultiGrainedHead, videos: VideoFine
     vid, prod = (q, c) if queries == "video" else (c, q)
     fine = torch.cat([head(videos[vid[i:i + batch_pairs]], products[prod[i:i + batch_pairs]]).score
                       for i in range(0, len(q), batch_pairs)])
-    lifted = scores.max() - scores.min() + 1 + 2 * abs(weight)  # above every un-reranked score
+    combined = scores[q, c] + weight * fine
     out = scores.clone()
-    out[q, c] = scores[q, c] + weight * fine + lifted
+    out[q, c] = combined + (scores.max() - combined.min() + 1)  # lifted above every score not re-ranked
     return out if queries == "video" else out.T
 
 

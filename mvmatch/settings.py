@@ -145,5 +145,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("MVMATCH_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": "WARNING"},  # libraries (open_clip logs at INFO on root)
+    "loggers": {name: {"level": os.environ.get("MVMATCH_LOG_LEVEL", "INFO")}
+                for name in ("catalog", "matching", "workers", "ml", "celery")},
 }

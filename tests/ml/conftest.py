@@ -47,7 +47,7 @@ def _clip_like(num_products: int = 48, seed: int = 1, frames: int = 6, dim: int 
                 video_frames[i, t] = noisy(base[None], 0.3)[0]
                 row.append("noise")
             else:
-                video_frames[i, t] = noisy(clean[i : i + 1], 0.4)[0]
+                video_frames[i, t] = noisy(clean[i : i + 1], 0.25)[0]
                 row.append("product")
         kinds.append(row)
     frame_mask = torch.ones(num_products, frames, dtype=torch.bool)
