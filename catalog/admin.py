@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from catalog.models import Category, IndexState, Product, ProductImage
+from catalog.models import Category, Product, ProductImage
 from matching import services
 
 
@@ -50,10 +50,7 @@ class ProductAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-embed and re-index selected products")
     def reindex(self, request, queryset):
-        for product in queryset:
-            Product.objects.filter(pk=product.pk).update(status=IndexState.QUEUED, error="")
-            services.queue_product(product)
-        self.message_user(request, f"{queryset.count()} products queued")
+        self.message_user(request, f"{services.requeue(queryset)} products queued")
 
 
 def keyframe_strip(video, size: int = 64) -> str:

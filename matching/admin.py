@@ -2,7 +2,6 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from catalog.admin import keyframe_strip, thumbnail
-from catalog.models import IndexState
 from matching import services
 from matching.models import Keyframe, Match, MicroVideo, ModelVersion
 
@@ -48,10 +47,7 @@ class MicroVideoAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-process selected videos")
     def reindex(self, request, queryset):
-        for video in queryset:
-            MicroVideo.objects.filter(pk=video.pk).update(status=IndexState.QUEUED, error="")
-            services.queue_video(video)
-        self.message_user(request, f"{queryset.count()} videos queued")
+        self.message_user(request, f"{services.requeue(queryset)} videos queued")
 
 
 class ScoreFilter(admin.SimpleListFilter):

@@ -230,24 +230,25 @@ def _load_photo(field) -> np.ndarray:
 
 def suggest_products(video: MicroVideo, k: int, category: Category | None = None) -> list[Match]:
     """Top-k products for a video (ad suggestions), persisted as Match rows for review."""
-    version = _indexed_version(video)
-    vector = video_index(version).get([video.pk]).get(video.pk)
-    if vector is None:
-        raise NotIndexed(f"video {video.pk} has no vector for model {version.name}")
-    hits = product_index(version).search(vector[None], k, **_filter(category))[0]
-    return _record(Match.Direction.VIDEO_TO_PRODUCT, version, {"video_id": video.pk},
-                   [(video.pk, h.id, h.score) for h in hits])
+    return _lookup(video, k, category, Match.Direction.VIDEO_TO_PRODUCT)
 
 
 def suggest_videos(product: Product, k: int, category: Category | None = None) -> list[Match]:
     """Top-k micro-videos a product fits (placements), persisted as Match rows for review."""
-    version = _indexed_version(product)
-    vector = product_index(version).get([product.pk]).get(product.pk)
+    return _lookup(product, k, category, Match.Direction.PRODUCT_TO_VIDEO)
+
+
+def _lookup(obj, k: int, category: Category | None, direction: str) -> list[Match]:
+    """Search the other side's collection with obj's stored vector; record the ranked list."""
+    version = _indexed_version(obj)
+    from_video = direction == Match.Direction.VIDEO_TO_PRODUCT
+    source, target = (video_index, product_index) if from_video else (product_index, video_index)
+    vector = source(version).get([obj.pk]).get(obj.pk)
     if vector is None:
-        raise NotIndexed(f"product {product.pk} has no vector for model {version.name}")
-    hits = video_index(version).search(vector[None], k, **_filter(category))[0]
-    return _record(Match.Direction.PRODUCT_TO_VIDEO, version, {"product_id": product.pk},
-                   [(h.id, product.pk, h.score) for h in hits])
+        raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
+    hits = target(version).search(vector[None], k, **_filter(category))[0]
+    pairs = [(obj.pk, h.id, h.score) if from_video else (h.id, obj.pk, h.score) for h in hits]
+    return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, pairs)
 
 
 def _indexed_version(obj) -> ModelVersion:
@@ -289,6 +290,16 @@ def review(matches: QuerySet[Match], user, status: str) -> int:
 
 
 # --- queueing and deletion ------------------------------------------------------------------
+
+def requeue(queryset) -> int:
+    """Mark products or videos queued and send them to the workers again (admin actions, `reindex`)."""
+    queue = queue_product if queryset.model is Product else queue_video
+    ids = list(queryset.values_list("pk", flat=True))
+    queryset.model.objects.filter(pk__in=ids).update(status=IndexState.QUEUED, error="")
+    for obj in queryset.model.objects.filter(pk__in=ids):
+        queue(obj)
+    return len(ids)
+
 
 def queue_video(video: MicroVideo) -> None:
     """Send the video to the workers once the row is committed (a worker must be able to read it)."""

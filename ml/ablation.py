@@ -43,7 +43,7 @@ from ml.category import CategoryConfig, category_accuracy, category_boost, categ
 from ml.frame_sampling import frame_ensemble_embeddings, shuffle_frames
 from ml.metrics import RECALL_AT, score_metrics, score_ranks, similarity, summarise_ranks
 from ml.rerank import ProductFine, RerankConfig, Reranker, VideoFine, fit_rerank_head, rerank_latency_ms, \
-    rerank_scores, tune_weight
+    rerank_scores, score_top_candidates, tune_weight
 from ml.salient import SalientConfig, filter_feature_set, fit_salient_selector, kept_kind_share
 from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head
 from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train
@@ -291,33 +291,34 @@ class Ablation:
                                 "train_s": 0.0, "tuned": weights}
 
     def rerank_rows(self, base: StageOne) -> None:
-        train_s, val_s, test_s = (self.splits[s] for s in SPLITS)
+        tr, val, test = (self.splits[s] for s in SPLITS)
         for photos in (False, True):
             cfg = replace(self.cfg.rerank, photos=photos)
-            head, seconds = fit_rerank_head(train_s.videos_fine(), train_s.products_fine(photos),
-                                            train_s.data.video_product, cfg)
+            head, seconds = fit_rerank_head(tr.videos_fine(), tr.products_fine(photos), tr.data.video_product, cfg)
             grains = "text + photo grains" if photos else "text grains"
             for n in self.cfg.rerank_n:
-                cfg_n = replace(cfg, top_n=n)
-                args_val = (head, val_s.videos_fine(), val_s.products_fine(photos))
-                weight = tune_weight(base.scores("val"), *args_val, val_s.data.video_product, cfg_n)
-                args = (head, test_s.videos_fine(), test_s.products_fine(photos))
-                first = base.scores("test")
-                metrics = direction_metrics(rerank_scores(first, *args, n, weight, "video"),
-                                            rerank_scores(first, *args, n, weight, "product"), test_s.data.video_product)
+                def tops(split: Split, first: torch.Tensor, queries: ProductFine, direction: str):
+                    return score_top_candidates(first, head, split.videos_fine(), queries, n, direction)
+
+                val_first, test_first = base.scores("val"), base.scores("test")
+                weight = tune_weight(val_first, tops(val, val_first, val.products_fine(photos), "video"),
+                                     tops(val, val_first, val.products_fine(photos), "product"),
+                                     val.data.video_product, cfg.weight_grid)
+                metrics = direction_metrics(
+                    rerank_scores(test_first, tops(test, test_first, test.products_fine(photos), "video"), weight),
+                    rerank_scores(test_first, tops(test, test_first, test.products_fine(photos), "product"), weight),
+                    test.data.video_product)
                 t2v, tuned = {}, {"video-product": weight}
                 for kind in QUERY_KINDS:
-                    def t2v_at(w: float, split: str) -> dict:
-                        s = self.splits[split]
-                        return t2v_metrics(rerank_scores(base.text_scores(split, kind), head, s.videos_fine(),
-                                                         s.query_fine(kind), n, w, "product"), s.data.video_product)
+                    def reranked(split: Split, name: str):
+                        first = base.text_scores(name, kind)
+                        top = tops(split, first, split.query_fine(kind), "product")
+                        return lambda w: rerank_scores(first, top, w)
 
-                    wk, _ = best_of(cfg.weight_grid, lambda w: float(np.mean([t2v_at(w, "val")[f"R@{k}"]
-                                                                              for k in RECALL_AT])))
-                    tuned[kind] = wk
-                    t2v[kind] = t2v_at(wk, "test")
-                reranker = Reranker(head, weight, n)
-                latency = rerank_latency_ms(reranker, test_s.videos_fine(), test_s.products_fine(photos), n)
+                    on_val = reranked(val, "val")
+                    tuned[kind], _ = best_of(cfg.weight_grid, lambda w: t2v_score(on_val(w), val.data.video_product))
+                    t2v[kind] = t2v_metrics(reranked(test, "test")(tuned[kind]), test.data.video_product)
+                latency = rerank_latency_ms(Reranker(head, weight, n), test.videos_fine(), test.products_fine(photos), n)
                 self.rows[f"rerank-{'photo' if photos else 'text'}-{n}"] = {
                     "label": f"+ multi-grained re-ranking (X-CLIP AOSM, {grains}), top {n}",
                     "metrics": metrics, "t2v": t2v, "train_s": seconds, "latency_ms": {n: latency}, "tuned": tuned}

@@ -111,18 +111,27 @@ class MultiGrainedHead(nn.Module):
         self.log_tau = nn.Parameter(torch.full((len(self.grains),), math.log(cfg.temperature)))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))
 
+    def prepare_videos(self, videos: VideoFine) -> VideoFine:
+        """Frames through the learned map, unit length: what `forward` reads (store it per video)."""
+        return VideoFine(F.normalize(self.frame_map(videos.frames.float()), dim=-1), videos.frame_mask)
+
+    def prepare_products(self, products: ProductFine) -> ProductFine:
+        """Words through the learned map; everything unit length: what `forward` reads (store it per product)."""
+        photos = None if products.photos is None else F.normalize(products.photos.float(), dim=-1)
+        return ProductFine(F.normalize(self.word_map(products.words.float()), dim=-1), products.word_mask,
+                           F.normalize(products.sentence.float(), dim=-1), photos, products.photo_mask)
+
     def forward(self, video: VideoFine, product: ProductFine, pairwise: bool = False) -> FineScores:
-        """Aligned pairs (video i, product i) -> [N]; ``pairwise``: every video with every product -> [A, B]."""
-        frames = F.normalize(self.frame_map(video.frames.float()), dim=-1)
-        fmask = video.frame_mask
+        """Prepared inputs (`prepare_videos`, `prepare_products`). Aligned pairs (video i, product i) -> [N];
+        ``pairwise``: every video with every product -> [A, B]."""
+        frames, fmask = video.frames.float(), video.frame_mask
         vid = F.normalize(masked_mean(frames, fmask), dim=-1).unsqueeze(-2)  # the video as a set of one
         one_v = fmask[..., :1].new_ones(fmask.shape[:-1] + (1,))
-        words = F.normalize(self.word_map(product.words.float()), dim=-1)
-        sentence = F.normalize(product.sentence.float(), dim=-1).unsqueeze(-2)
+        words, sentence = product.words.float(), product.sentence.float().unsqueeze(-2)
         one_p = product.word_mask.new_ones(product.word_mask.shape[:-1] + (1,))
         targets = {"sentence": (sentence, one_p), "word": (words, product.word_mask)}
         if self.cfg.photos and product.photos is not None:
-            photos = F.normalize(product.photos.float(), dim=-1)
+            photos = product.photos.float()
             targets["photo"] = (photos, product.photo_mask)
             targets["photomean"] = (F.normalize(masked_mean(photos, product.photo_mask), dim=-1).unsqueeze(-2), one_p)
         sources = {"video": (vid, one_v), "frame": (frames, fmask)}
@@ -167,7 +176,8 @@ def fit_rerank_head(videos: VideoFine, products: ProductFine, video_product: Ten
             if len(idx) < 2:
                 continue
             pid = video_product[idx]
-            logits = head(videos[idx], products[pid], pairwise=True).score * head.logit_scale.exp()
+            pair = head.prepare_videos(videos[idx]), head.prepare_products(products[pid])
+            logits = head(*pair, pairwise=True).score * head.logit_scale.exp()
             logits = logits.masked_fill((pid[:, None] == pid[None]) & ~torch.eye(len(idx), dtype=torch.bool),
                                         float("-inf"))
             target = torch.arange(len(idx))
@@ -188,9 +198,11 @@ class RerankResult(NamedTuple):
 class Reranker:
     """What serving calls: ``rerank(query, candidates, first_stage)``.
 
-    A video query is a `VideoFine` of one video with `ProductFine` candidates; a product (or text)
-    query is a `ProductFine` of one with `VideoFine` candidates. ``first_stage`` [N] are the vector
-    index's scores of the candidates (cosine of pooled embeddings).
+    Store per video ``prepare_videos(VideoFine)`` and per product ``prepare_products(ProductFine)``
+    (float16; they depend on the head, so on its version). A video query is a raw `VideoFine` of one
+    video with prepared `ProductFine` candidates; a product or text query is a raw `ProductFine` of
+    one (a text query: words and sentence, no photos) with prepared `VideoFine` candidates.
+    ``first_stage`` [N] are the vector index's scores of the candidates (cosine of pooled embeddings).
     """
 
     def __init__(self, head: MultiGrainedHead, weight: float, top_n: int = 50):
@@ -199,59 +211,80 @@ class Reranker:
         self.top_n = top_n
 
     @torch.no_grad()
+    def prepare_videos(self, videos: VideoFine) -> VideoFine:
+        prepared = self.head.prepare_videos(videos)
+        return VideoFine(prepared.frames.half(), prepared.frame_mask)
+
+    @torch.no_grad()
+    def prepare_products(self, products: ProductFine) -> ProductFine:
+        p = self.head.prepare_products(products)
+        return ProductFine(p.words.half(), p.word_mask, p.sentence.half(),
+                           None if p.photos is None else p.photos.half(), p.photo_mask)
+
+    @torch.no_grad()
     def rerank(self, query: VideoFine | ProductFine, candidates: VideoFine | ProductFine,
                first_stage: Tensor) -> RerankResult:
-        n = len(candidates)
         if isinstance(query, VideoFine):
-            videos, products = VideoFine(query.frames.expand(n, -1, -1), query.frame_mask.expand(n, -1)), candidates
+            fine, frame_weight = self.head(self.head.prepare_videos(query), candidates, pairwise=True)
+            fine, frame_weight = fine[0], frame_weight[0]
         else:
-            products = ProductFine(*(None if getattr(query, f.name) is None else
-                                     getattr(query, f.name).expand(n, *getattr(query, f.name).shape[1:])
-                                     for f in fields(query)))
-            videos = candidates
-        fine, frame_weight = self.head(videos, products)
+            fine, frame_weight = self.head(candidates, self.head.prepare_products(query), pairwise=True)
+            fine, frame_weight = fine[:, 0], frame_weight[:, 0]
         score = first_stage.float() + self.weight * fine
         return RerankResult(score.argsort(descending=True), score, fine, frame_weight.argmax(-1))
 
 
-@torch.no_grad()
-def rerank_scores(first_stage: Tensor, head: MultiGrainedHead, videos: VideoFine, products: ProductFine,
-                  top_n: int, weight: float, queries: str = "video", batch_pairs: int = 8192) -> Tensor:
-    """Scores [Nv, Np] after re-ranking each query's top ``top_n`` by ``first + weight * fine``.
+class TopCandidates(NamedTuple):
+    """Each query's top-N candidates of a score matrix and their fine scores (pairs flattened)."""
 
-    ``queries="video"``: each video re-ranks its top products (row-wise); ``"product"``: each
-    product (or text query) re-ranks its top videos (column-wise). The re-ranked candidates are
-    lifted above all others, so candidates the first stage missed stay where they were.
-    """
-    scores = first_stage.float() if queries == "video" else first_stage.float().T  # [Q, C]
-    top = scores.topk(min(top_n, scores.shape[1]), dim=1).indices  # [Q, n]
+    query: Tensor  # [Q * n] row of the [Q, C] matrix (a video for "video" queries, else a product / text)
+    candidate: Tensor  # [Q * n]
+    fine: Tensor  # [Q * n]
+    queries: str  # "video" or "product"
+
+
+@torch.no_grad()
+def score_top_candidates(first_stage: Tensor, head: MultiGrainedHead, videos: VideoFine, products: ProductFine,
+                         top_n: int, queries: str = "video", batch_pairs: int = 8192) -> TopCandidates:
+    """Fine scores of every query's ``top_n`` first-stage candidates. ``first_stage`` is [Nv, Np];
+    ``queries="video"``: videos query products (rows), ``"product"``: products or text queries query videos."""
+    scores = first_stage if queries == "video" else first_stage.T  # [Q, C]
+    top = scores.topk(min(top_n, scores.shape[1]), dim=1).indices
     q = torch.arange(scores.shape[0])[:, None].expand_as(top).reshape(-1)
     c = top.reshape(-1)
     vid, prod = (q, c) if queries == "video" else (c, q)
+    videos, products = head.prepare_videos(videos), head.prepare_products(products)
     fine = torch.cat([head(videos[vid[i:i + batch_pairs]], products[prod[i:i + batch_pairs]]).score
                       for i in range(0, len(q), batch_pairs)])
-    combined = scores[q, c] + weight * fine
+    return TopCandidates(q, c, fine, queries)
+
+
+def rerank_scores(first_stage: Tensor, top: TopCandidates, weight: float) -> Tensor:
+    """Scores [Nv, Np] after re-ranking each query's top candidates by ``first + weight * fine``; they are
+    lifted above all others, so candidates the first stage missed stay where they were."""
+    scores = first_stage.float() if top.queries == "video" else first_stage.float().T
+    combined = scores[top.query, top.candidate] + weight * top.fine
     out = scores.clone()
-    out[q, c] = combined + (scores.max() - combined.min() + 1)  # lifted above every score not re-ranked
-    return out if queries == "video" else out.T
+    out[top.query, top.candidate] = combined + (scores.max() - combined.min() + 1)
+    return out if top.queries == "video" else out.T
 
 
-def tune_weight(first_stage: Tensor, head: MultiGrainedHead, videos: VideoFine, products: ProductFine,
-                video_product: Tensor, cfg: RerankConfig) -> float:
-    """The grid weight with the best mean R@K (both directions) on a validation split."""
-    best, best_score = 0.0, -1.0
-    for w in cfg.weight_grid:
-        v2p = score_metrics(rerank_scores(first_stage, head, videos, products, cfg.top_n, w, "video"), video_product)
-        p2v = score_metrics(rerank_scores(first_stage, head, videos, products, cfg.top_n, w, "product"), video_product)
-        score = (sum(v2p[f"v2p_R@{k}"] for k in (1, 5, 10)) + sum(p2v[f"p2v_R@{k}"] for k in (1, 5, 10))) / 6
-        if score > best_score:
-            best, best_score = w, score
-    return best
+def tune_weight(first_stage: Tensor, video_top: TopCandidates, product_top: TopCandidates, video_product: Tensor,
+                grid: tuple[float, ...]) -> float:
+    """The grid weight with the best mean R@K of both directions (on a validation split)."""
+    def score(w: float) -> float:
+        v2p = score_metrics(rerank_scores(first_stage, video_top, w), video_product)
+        p2v = score_metrics(rerank_scores(first_stage, product_top, w), video_product)
+        return sum(v2p[f"v2p_R@{k}"] + p2v[f"p2v_R@{k}"] for k in (1, 5, 10)) / 6
+
+    return max(grid, key=score)
 
 
 def rerank_latency_ms(reranker: Reranker, videos: VideoFine, products: ProductFine, n: int,
                       queries: int = 30, seed: int = 0) -> float:
-    """Median wall time (ms) of re-ranking ``n`` product candidates for one video query (features in memory)."""
+    """Median wall time (ms) of re-ranking ``n`` product candidates for one video query (candidates'
+    prepared features in memory, gathered per query)."""
+    products = reranker.prepare_products(products)
     g = torch.Generator().manual_seed(seed)
     times = []
     for i in range(queries + 3):

@@ -3,8 +3,8 @@ import math
 import torch
 
 from ml.metrics import score_metrics
-from ml.rerank import (MultiGrainedHead, ProductFine, RerankConfig, Reranker, VideoFine, aosm, fit_rerank_head,
-                       rerank_latency_ms, rerank_scores, tune_weight)
+from ml.rerank import (MultiGrainedHead, ProductFine, RerankConfig, Reranker, TopCandidates, VideoFine, aosm,
+                       fit_rerank_head, rerank_latency_ms, rerank_scores, score_top_candidates, tune_weight)
 
 
 def fine_parts(data, words):
@@ -30,53 +30,54 @@ def test_aosm_by_hand():
 
 def test_aligned_and_pairwise_scores_agree_and_text_queries_work(clip_like):
     data, _, words = clip_like(6)
-    videos, products = fine_parts(data, words)
     head = MultiGrainedHead(16).eval()
     with torch.no_grad():
+        videos, products = head.prepare_videos(fine_parts(data, words)[0]), head.prepare_products(fine_parts(data, words)[1])
         pairwise = head(videos, products, pairwise=True)
         aligned = head(videos[torch.tensor([2, 2, 3])], products[torch.tensor([0, 2, 5])])
+        text_only = ProductFine(products.words, products.word_mask, products.sentence)  # a text query: no photos
+        assert torch.isfinite(head(videos, text_only, pairwise=True).score).all()
     torch.testing.assert_close(aligned.score, pairwise.score[[2, 2, 3], [0, 2, 5]])
     assert pairwise.frame_weight.shape == (6, 6, 6)
-    text_only = ProductFine(products.words, products.word_mask, products.sentence)  # a text query: no photos
-    assert torch.isfinite(head(videos, text_only, pairwise=True).score).all()
 
 
 def test_rerank_scores_reorders_only_the_top_n():
     first = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
-
-    class Flip(torch.nn.Module):  # fine score = -product index: prefers low indices
-        def forward(self, videos, products):
-            return type("S", (), {"score": -products.sentence[:, 0]})()
-
-    videos = VideoFine(torch.zeros(2, 1, 2), torch.ones(2, 1, dtype=torch.bool))
-    products = ProductFine(torch.zeros(4, 1, 2), torch.ones(4, 1, dtype=torch.bool),
-                           torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0]]))
-    out = rerank_scores(first, Flip(), videos, products, top_n=2, weight=10.0)
+    # Each video's top 2 with a fine score that prefers low product indices.
+    top = TopCandidates(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 3, 2]), -torch.tensor([0.0, 1, 3, 2]), "video")
+    out = rerank_scores(first, top, weight=10.0)
     assert out[0].argsort(descending=True).tolist() == [0, 1, 2, 3]
     assert out[1].argsort(descending=True).tolist() == [2, 3, 1, 0]  # top-2 {3, 2} flipped, the rest kept
-    same = rerank_scores(first, Flip(), videos, products, top_n=4, weight=0.0)
-    assert torch.equal(same.argsort(1), first.argsort(1))
+    assert torch.equal(rerank_scores(first, top, weight=0.0).argsort(1), first.argsort(1))
+    by_product = TopCandidates(torch.tensor([3, 3]), torch.tensor([1, 0]), torch.tensor([0.0, 1.0]), "product")
+    out = rerank_scores(first, by_product, weight=1.0)  # product 3 re-ranks its top-2 videos: 1 (0.4), 0 (0.1)
+    assert out[:, 3].argsort(descending=True).tolist() == [0, 1]
+    torch.testing.assert_close(out[:, :3], first[:, :3])
 
 
 def test_trained_head_reranks_better_and_points_at_a_product_frame(clip_like):
     train, _, train_words = clip_like(256, seed=1)
     test, kinds, test_words = clip_like(64, seed=2)
-    cfg = RerankConfig(epochs=4, batch_size=64, top_n=20)
+    cfg = RerankConfig(epochs=4, batch_size=64)
     head, seconds = fit_rerank_head(*fine_parts(train, train_words), train.video_product, cfg)
     assert seconds > 0
     videos, products = fine_parts(test, test_words)
     # A weak first stage: the mean frame (noise included) vs the product text.
     first = torch.nn.functional.normalize(test.video_frames.mean(1), dim=-1) @ test.product_text.T
     base = score_metrics(first, test.video_product)["v2p_R@1"]
-    weight = tune_weight(first, head, videos, products, test.video_product, cfg)
+    top_v = score_top_candidates(first, head, videos, products, 20, "video")
+    top_p = score_top_candidates(first, head, videos, products, 20, "product")
+    weight = tune_weight(first, top_v, top_p, test.video_product, cfg.weight_grid)
     assert weight > 0
-    reranked = score_metrics(rerank_scores(first, head, videos, products, cfg.top_n, weight), test.video_product)
+    reranked = score_metrics(rerank_scores(first, top_v, weight), test.video_product)
     assert reranked["v2p_R@1"] > base + 5
 
-    reranker = Reranker(head, weight, cfg.top_n)
-    result = reranker.rerank(videos[3:4], products[torch.arange(10)], first[3, :10])
+    reranker = Reranker(head, weight, 20)
+    stored_products, stored_videos = reranker.prepare_products(products), reranker.prepare_videos(videos)
+    assert stored_products.words.dtype == torch.float16
+    result = reranker.rerank(videos[3:4], stored_products[torch.arange(10)], first[3, :10])
     assert result.order[0] == 3 and result.score.shape == (10,)
     assert kinds[3][int(result.frame[3])] == "product"
-    by_product = reranker.rerank(products[5:6], videos[torch.arange(10)], first[:10, 5])
+    by_product = reranker.rerank(products[5:6], stored_videos[torch.arange(10)], first[:10, 5])
     assert by_product.order[0] == 5 and kinds[5][int(by_product.frame[5])] == "product"
     assert rerank_latency_ms(reranker, videos, products, n=50, queries=3) > 0

@@ -15,14 +15,10 @@ class Command(BaseCommand):
     def handle(self, *args, failed_only=False, **options):
         version = services.active_model_version()
         counts = {}
-        for model, queue in ((Product, services.queue_product), (MicroVideo, services.queue_video)):
+        for model in (Product, MicroVideo):
             qs = model.objects.exclude(status=IndexState.INDEXED, model_version=version)
             if failed_only:
                 qs = qs.filter(status=IndexState.FAILED)
-            ids = list(qs.values_list("pk", flat=True))
-            model.objects.filter(pk__in=ids).update(status=IndexState.QUEUED, error="")
-            for obj in model.objects.filter(pk__in=ids):
-                queue(obj)
-            counts[model._meta.verbose_name_plural] = len(ids)
+            counts[model._meta.verbose_name_plural] = services.requeue(qs)
         self.stdout.write(self.style.SUCCESS(
             f"queued for {version.name}: " + ", ".join(f"{n} {name}" for name, n in counts.items())))
