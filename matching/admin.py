@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from catalog.admin import keyframe_strip, thumbnail
+from catalog.admin import category_filter, keyframe_strip, thumbnail
 from matching import services
 from matching.models import Keyframe, Match, MicroVideo, ModelVersion
 
@@ -75,8 +75,8 @@ class MatchAdmin(admin.ModelAdmin):
 
     list_display = ["video_frames", "product_photo", "product_title", "category", "score_display", "rank",
                     "direction", "model_version", "status", "reviewed_by", "reviewed_at"]
-    list_filter = ["status", "direction", ScoreFilter, "product__category__parent__parent",
-                   "product__category__parent", "model_version"]
+    list_filter = ["status", "direction", ScoreFilter, category_filter(0, "product__category__parent__parent"),
+                   category_filter(1, "product__category__parent"), "model_version"]
     search_fields = ["product__title", "video__caption"]
     readonly_fields = ["video", "product", "direction", "score", "rank", "model_version", "status", "reviewed_by",
                        "reviewed_at", "side_by_side"]

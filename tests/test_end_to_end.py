@@ -134,6 +134,8 @@ def test_upload_to_suggestions_on_real_parts(stack, catalogue):
                          "v = s.active_model_version(); print(s.video_index(v).count(), MicroVideo.objects.count())")
     assert counts.split() == [str(len(videos))] * 2
     assert stack.shell("from matching.models import Match; print(Match.objects.count())") == before
+    # One model load per worker process, however many tasks it ran.
+    assert stack.log("worker").count("loading model bundle") == 1
 
 
 def test_worker_survives_bad_input_and_marks_it_failed(stack, catalogue):
