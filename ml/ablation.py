@@ -32,18 +32,19 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ml.benchmark import VARIANTS, BenchmarkConfig, machine_description
 from ml.caption_branch import caption_scores
-from ml.category import CategoryConfig, category_accuracy, category_boost, category_filter, category_labels, \
-    fit_category_head
+from ml.category import CategoryConfig, CategoryHead, category_accuracy, category_boost, category_filter, \
+    category_labels, fit_category_head
 from ml.frame_sampling import frame_ensemble_embeddings, shuffle_frames
 from ml.metrics import RECALL_AT, score_metrics, score_ranks, similarity, summarise_ranks
-from ml.rerank import ProductFine, RerankConfig, Reranker, VideoFine, fit_rerank_head, rerank_latency_ms, \
-    rerank_scores, score_top_candidates, tune_weight
+from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, Reranker, VideoFine, fit_rerank_head, \
+    rerank_latency_ms, rerank_scores, score_top_candidates
 from ml.salient import SalientConfig, filter_feature_set, fit_salient_selector, kept_kind_share
 from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head
 from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train
@@ -67,6 +68,10 @@ class AblationConfig:
     boost_grid: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
     filter_grid: tuple[int, ...] = (1, 2, 3, 5, 10)
     caption_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    # The configuration proposed as the product default: a stage-1 row and second-stage parts in order.
+    default_stage: str = "mean"
+    default_parts: tuple[str, ...] = ("caption", "category-boost", "rerank-photo")
+    default_rerank_n: int = 50
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -83,9 +88,8 @@ class Split:
     has_caption: torch.Tensor  # [Nv] bool
     labels: torch.Tensor  # [Np, 3] (upper, middle, lower)
 
-    def videos_fine(self, data: FeatureSet | None = None) -> VideoFine:
-        data = data or self.data
-        return VideoFine(data.video_frames.half(), data.video_frame_mask)
+    def videos_fine(self) -> VideoFine:
+        return VideoFine(self.data.video_frames.half(), self.data.video_frame_mask)
 
     def products_fine(self, photos: bool = True) -> ProductFine:
         d = self.data
@@ -202,6 +206,22 @@ class StageOne:
         return similarity(torch.from_numpy(self.videos[split]), torch.from_numpy(self.queries[split][kind]))
 
 
+TARGET_GROUPS = {"video": ("v2p", "p2v"), **{k: (f"t2v-{k}",) for k in QUERY_KINDS}}
+
+
+@dataclass
+class Part:
+    """A second-stage part: ``apply(scores, prepare(scores, split, target), param) -> scores`` for a
+    [videos, products or text queries] score matrix; ``param`` is tuned on validation over ``grid``.
+    Targets: "v2p", "p2v", "t2v-<query kind>"; ``text``: the part also serves text queries."""
+
+    name: str
+    grid: list | tuple
+    prepare: Callable[[torch.Tensor, str, str], object]
+    apply: Callable[[torch.Tensor, object, object], torch.Tensor]
+    text: bool = False
+
+
 # ---- the run -------------------------------------------------------------------------------------
 
 class Ablation:
@@ -209,6 +229,8 @@ class Ablation:
         self.cfg, self.splits, self.out, self.progress = cfg, splits, out, progress
         self.rows: dict[str, dict] = {}
         self.diagnostics: dict = {}
+        self.heads: dict[str, torch.nn.Module] = {}
+        self.stages: dict[str, StageOne] = {}
 
     # -- stage 1 --
     def train_config(self, **changes) -> TrainConfig:
@@ -264,100 +286,115 @@ class Ablation:
         row["shuffled"] = score_metrics(similarity(torch.from_numpy(shuffled_videos),
                                                    torch.from_numpy(stage.products["test"])), shuffled.video_product)
         self.rows[name] = row
+        self.stages[name] = stage
         self.save()
         return stage
 
-    # -- second stage on a stage-1 model --
-    def caption_row(self, base: StageOne) -> None:
-        def fused(split: str, w: float) -> torch.Tensor:
+    # -- second stage: parts acting on a stage-1 model's score matrices --
+    def second_stage(self, stage: StageOne, parts: list[Part]) -> dict:
+        """Apply ``parts`` in order to the stage-1 scores, each part's parameter tuned on validation
+        given the parts before it (video targets: mean R@K of both directions; text targets: their own).
+        Returns the row fields: test metrics, text->video metrics, tuned parameters."""
+        mats = {split: {"v2p": stage.scores(split), "p2v": stage.scores(split),
+                        **{f"t2v-{k}": stage.text_scores(split, k) for k in QUERY_KINDS}} for split in ("val", "test")}
+        tuned = {}
+        for part in parts:
+            for group, targets in TARGET_GROUPS.items():
+                if group != "video" and not part.text:
+                    continue
+                ctx = {split: {t: part.prepare(mats[split][t], split, t) for t in targets} for split in mats}
+
+                def on_val(param) -> float:
+                    return float(np.mean([self.target_score(t, part.apply(mats["val"][t], ctx["val"][t], param), "val")
+                                          for t in targets]))
+
+                best, _ = best_of(part.grid, on_val)
+                for split in mats:
+                    for t in targets:
+                        mats[split][t] = part.apply(mats[split][t], ctx[split][t], best)
+                tuned[part.name if group == "video" else f"{part.name} ({QUERY_KINDS[group]})"] = best
+        test = self.splits["test"].data.video_product
+        out = {"metrics": direction_metrics(mats["test"]["v2p"], mats["test"]["p2v"], test), "tuned": tuned}
+        if any(p.text for p in parts):
+            out["t2v"] = {k: t2v_metrics(mats["test"][f"t2v-{k}"], test) for k in QUERY_KINDS}
+        return out
+
+    def target_score(self, target: str, scores: torch.Tensor, split: str) -> float:
+        video_product = self.splits[split].data.video_product
+        if target.startswith("t2v"):
+            return t2v_score(scores, video_product)
+        metrics = score_metrics(scores, video_product)
+        return float(np.mean([metrics[f"{target}_R@{k}"] for k in RECALL_AT]))
+
+    def caption_part(self) -> Part:
+        def prepare(scores, split: str, target: str):
             s = self.splits[split]
-            return base.scores(split) + w * caption_scores(s.data.video_caption, s.data.product_text, s.has_caption)
+            text = s.data.product_text if target in ("v2p", "p2v") else s.queries[target[4:]][0]
+            return caption_scores(s.data.video_caption, text, s.has_caption)
 
-        def fused_text(split: str, kind: str, w: float) -> torch.Tensor:
+        return Part("caption weight", self.cfg.caption_grid, prepare, lambda m, ctx, w: m + w * ctx, text=True)
+
+    def rerank_part(self, head: MultiGrainedHead, n: int) -> Part:
+        def prepare(scores, split: str, target: str):
             s = self.splits[split]
-            return base.text_scores(split, kind) + w * caption_scores(s.data.video_caption, s.queries[kind][0],
-                                                                      s.has_caption)
+            if target == "v2p":
+                return score_top_candidates(scores, head, s.videos_fine(), s.products_fine(head.cfg.photos), n, "video")
+            queries = s.products_fine(head.cfg.photos) if target == "p2v" else s.query_fine(target[4:])
+            return score_top_candidates(scores, head, s.videos_fine(), queries, n, "product")
 
-        val, test = self.splits["val"].data, self.splits["test"].data
-        w, _ = best_of(self.cfg.caption_grid, lambda w: score_metrics(fused("val", w), val.video_product)["score"])
-        t2v = {}
-        weights = {"video-product": w}
-        for kind in QUERY_KINDS:
-            wk, _ = best_of(self.cfg.caption_grid, lambda x: t2v_score(fused_text("val", kind, x), val.video_product))
-            weights[kind] = wk
-            t2v[kind] = t2v_metrics(fused_text("test", kind, wk), test.video_product)
-        self.rows["caption"] = {"label": "+ caption branch (Cap4Video query-caption matching)",
-                                "metrics": score_metrics(fused("test", w), test.video_product), "t2v": t2v,
-                                "train_s": 0.0, "tuned": weights}
+        return Part("re-rank weight", self.cfg.rerank.weight_grid, prepare, rerank_scores, text=True)
 
-    def rerank_rows(self, base: StageOne) -> None:
-        tr, val, test = (self.splits[s] for s in SPLITS)
+    def category_parts(self, head: CategoryHead) -> tuple[Part, Part]:
+        levels = {"middle": 1, "lower": 2}
+        with torch.no_grad():
+            log_probs = {split: head.level_log_probs(self.splits[split].data.video_frames,
+                                                     self.splits[split].data.video_frame_mask,
+                                                     self.splits[split].data.video_caption) for split in ("val", "test")}
+
+        def prepare(scores, split: str, target: str):
+            return split
+
+        def boost(scores, split: str, param):
+            level, w = param
+            return category_boost(scores, log_probs[split][level], self.splits[split].labels[:, levels[level]], w)
+
+        def keep_top(scores, split: str, param):
+            level, k = param
+            return category_filter(scores, log_probs[split][level], self.splits[split].labels[:, levels[level]], k)
+
+        return (Part("category boost (level, weight)", [(lv, w) for lv in levels for w in self.cfg.boost_grid],
+                     prepare, boost),
+                Part("category filter (level, top-k)", [(lv, k) for lv in levels for k in self.cfg.filter_grid],
+                     prepare, keep_top))
+
+    def second_stage_rows(self, base: StageOne) -> None:
+        tr, test = self.splits["train"], self.splits["test"]
+        self.rows["caption"] = {"label": "+ caption branch (Cap4Video query-caption matching)", "train_s": 0.0,
+                                **self.second_stage(base, [self.caption_part()])}
+        self.save()
         for photos in (False, True):
             cfg = replace(self.cfg.rerank, photos=photos)
             head, seconds = fit_rerank_head(tr.videos_fine(), tr.products_fine(photos), tr.data.video_product, cfg)
+            self.heads[f"rerank-{'photo' if photos else 'text'}"] = head
             grains = "text + photo grains" if photos else "text grains"
             for n in self.cfg.rerank_n:
-                def tops(split: Split, first: torch.Tensor, queries: ProductFine, direction: str):
-                    return score_top_candidates(first, head, split.videos_fine(), queries, n, direction)
-
-                val_first, test_first = base.scores("val"), base.scores("test")
-                weight = tune_weight(val_first, tops(val, val_first, val.products_fine(photos), "video"),
-                                     tops(val, val_first, val.products_fine(photos), "product"),
-                                     val.data.video_product, cfg.weight_grid)
-                metrics = direction_metrics(
-                    rerank_scores(test_first, tops(test, test_first, test.products_fine(photos), "video"), weight),
-                    rerank_scores(test_first, tops(test, test_first, test.products_fine(photos), "product"), weight),
-                    test.data.video_product)
-                t2v, tuned = {}, {"video-product": weight}
-                for kind in QUERY_KINDS:
-                    def reranked(split: Split, name: str):
-                        first = base.text_scores(name, kind)
-                        top = tops(split, first, split.query_fine(kind), "product")
-                        return lambda w: rerank_scores(first, top, w)
-
-                    on_val = reranked(val, "val")
-                    tuned[kind], _ = best_of(cfg.weight_grid, lambda w: t2v_score(on_val(w), val.data.video_product))
-                    t2v[kind] = t2v_metrics(reranked(test, "test")(tuned[kind]), test.data.video_product)
-                latency = rerank_latency_ms(Reranker(head, weight, n), test.videos_fine(), test.products_fine(photos), n)
+                row = self.second_stage(base, [self.rerank_part(head, n)])
+                reranker = Reranker(head, row["tuned"]["re-rank weight"], n)
+                latency = rerank_latency_ms(reranker, test.videos_fine(), test.products_fine(photos), n)
                 self.rows[f"rerank-{'photo' if photos else 'text'}-{n}"] = {
-                    "label": f"+ multi-grained re-ranking (X-CLIP AOSM, {grains}), top {n}",
-                    "metrics": metrics, "t2v": t2v, "train_s": seconds, "latency_ms": {n: latency}, "tuned": tuned}
-            self.save()
-
-    def category_rows(self, base: StageOne) -> None:
-        tr, val, test = (self.splits[s] for s in SPLITS)
+                    "label": f"+ multi-grained re-ranking (X-CLIP AOSM, {grains}), top {n}", "train_s": seconds,
+                    "latency_ms": {n: latency}, **row}
+                self.save()
         lower = tr.labels[tr.data.video_product, 2]
         head, seconds = fit_category_head(tr.data.video_frames, tr.data.video_frame_mask, tr.data.video_caption, lower,
                                           self.cfg.category)
-
-        def level_log_probs(split: Split) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                return head.level_log_probs(split.data.video_frames, split.data.video_frame_mask,
-                                            split.data.video_caption)
-
-        labels = test.labels[test.data.video_product]
+        self.heads["category"] = head
         self.diagnostics["category_accuracy"] = category_accuracy(
-            head, test.data.video_frames, test.data.video_frame_mask, test.data.video_caption, labels)
-        lp = {"val": level_log_probs(val), "test": level_log_probs(test)}
-        levels = {"middle": 1, "lower": 2}
-
-        def boosted(split: str, level: str, w: float) -> torch.Tensor:
-            s = self.splits[split]
-            return category_boost(base.scores(split), lp[split][level], s.labels[:, levels[level]], w)
-
-        def filtered(split: str, level: str, k: int) -> torch.Tensor:
-            s = self.splits[split]
-            return category_filter(base.scores(split), lp[split][level], s.labels[:, levels[level]], k)
-
-        for name, fn, grid, what in (("category-boost", boosted, self.cfg.boost_grid, "boost"),
-                                     ("category-filter", filtered, self.cfg.filter_grid, "filter")):
-            choices = [(level, x) for level in levels for x in grid]
-            (level, x), _ = best_of(choices, lambda c: score_metrics(fn("val", *c), val.data.video_product)["score"])
-            self.rows[name] = {
-                "label": f"+ category {what} (predicted from frames + caption; {level} level, "
-                         f"{'weight' if what == 'boost' else 'top-k'} {x})",
-                "metrics": score_metrics(fn("test", level, x), test.data.video_product), "train_s": seconds,
-                "tuned": {"level": level, what: x}}
+            head, test.data.video_frames, test.data.video_frame_mask, test.data.video_caption,
+            test.labels[test.data.video_product])
+        for name, part in zip(("category-boost", "category-filter"), self.category_parts(head)):
+            self.rows[name] = {"label": f"+ {part.name.split(' (')[0]} (category predicted from frames + caption)",
+                               "train_s": seconds, **self.second_stage(base, [part])}
         self.save()
 
     def salient_row(self) -> None:
@@ -410,10 +447,24 @@ class Ablation:
                        self.train_config(train_frames=c.sparse_frames))
         if c.patch_dropout:
             self.patch_dropout_row(context)
-        self.caption_row(base)
-        self.rerank_rows(base)
-        self.category_rows(base)
+        self.second_stage_rows(base)
+        self.default_row()
         self.save()
+
+    def default_row(self) -> None:
+        c = self.cfg
+        boost, _ = self.category_parts(self.heads["category"])
+        parts = {"caption": self.caption_part(), "category-boost": boost,
+                 "rerank-photo": self.rerank_part(self.heads["rerank-photo"], c.default_rerank_n),
+                 "rerank-text": self.rerank_part(self.heads["rerank-text"], c.default_rerank_n)}
+        names = {"caption": "caption branch", "category-boost": "category boost",
+                 "rerank-photo": f"re-rank top {c.default_rerank_n} (text + photo grains)",
+                 "rerank-text": f"re-rank top {c.default_rerank_n} (text grains)"}
+        chosen = [parts[p] for p in c.default_parts]
+        self.rows["default"] = {
+            "label": f"**proposed default**: {self.rows[c.default_stage]['label']} + "
+                     + " + ".join(names[p] for p in c.default_parts),
+            "train_s": self.rows[c.default_stage]["train_s"], **self.second_stage(self.stages[c.default_stage], chosen)}
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -553,7 +604,25 @@ Shuffling test (HiTeA): R@1 with every test video's frames in random order, and 
 
 ## Diagnostics
 
-{chr(10).join(s + chr(10) for s in sections)}"""
+{chr(10).join(s + chr(10) for s in sections)}
+{SWITCHES}"""
+
+
+SWITCHES = """## The parts as configuration
+
+| part | switch | module |
+|---|---|---|
+| frame pooling | `InstanceConfig(frame_pooling="mean" or "seq_transformer" or "hierarchical")` | `ml.pooling` (registry: `register_pooling`, `create_pooling`) |
+| visual prototypes | `InstanceConfig(video_prototypes=K)`, `LossConfig(diversity=...)`; index K vectors per video | `ml.prototypes` |
+| single-frame / sparse training | `TrainConfig(train_frames=1 or k)`; frame ensemble: `frame_ensemble_embeddings` | `ml.frame_sampling` |
+| salient frames | `fit_salient_selector(...)`, `SalientConfig(keep, caption_weight)`; `selector.select(frames, mask, caption)` -> kept-frame mask | `ml.salient` |
+| patch dropout | `train_tower(..., patch_dropout=0.5)` | `ml.train_tower` |
+| re-ranking | `Reranker(head, weight, top_n).rerank(query, candidates, first_stage)`; store `prepare_videos` / `prepare_products` outputs (float16); word features from `Encoder.encode_text_tokens` | `ml.rerank` |
+| caption branch | `score + weight * caption_scores(video_caption, query_text, has_caption)` | `ml.caption_branch` |
+| category | `fit_category_head`, `head.level_log_probs(...)`, `category_boost` / `category_filter` | `ml.category` |
+| text queries | `fit_text_query_head`, `embed_queries(head, encoder.encode_texts([query]))` -> a vector for the same index | `ml.text_search` |
+| shuffling test | `shuffle_frames(frames, mask)` | `ml.frame_sampling` |
+"""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,8 @@ train videos), so validation and test products stay unseen until features are ex
 
 With a ``cache_dir`` the result (tower checkpoint + one ``<split>.pt`` per split) is written under
 a key of the dataset's generator settings, the recipe and the splits; a rerun with the same
-inputs loads it instead of decoding and training again.
+inputs loads it instead of decoding and training again. The decoded frames are cached too (under
+a key without the tower settings), so a new tower recipe does not decode the videos again.
 """
 from __future__ import annotations
 
@@ -83,9 +84,27 @@ def tower_pairs(manifest, frames: dict[str, np.ndarray], frames_per_video: int, 
     return batch, len(images)
 
 
-def cache_key(manifest, recipe: FeatureRecipe, splits: list[str]) -> str:
-    payload = json.dumps({"generator": manifest.generator, "recipe": asdict(recipe), "splits": splits}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def cache_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decode_cached(manifest, videos, frames_per_video: int, frame_size: int, cache_dir: Path | None,
+                  progress: bool) -> dict[str, np.ndarray]:
+    """`decode_videos`, kept as one uint8 array [N, T, S, S, 3] in ``cache_dir`` when given."""
+    keys = [v.key for v in videos]
+    path = None
+    if cache_dir is not None:
+        key = cache_key(generator=manifest.generator, videos=keys, frames=frames_per_video, size=frame_size)
+        path = cache_dir / f"frames-{key}.npy"
+        if path.exists():
+            return dict(zip(keys, np.load(path, mmap_mode="r")))
+    frames = decode_videos(manifest, videos, frames_per_video=frames_per_video, frame_size=frame_size,
+                           progress=progress)
+    if path is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(path.with_suffix(".tmp.npy"), np.stack([frames[k] for k in keys]))
+        path.with_suffix(".tmp.npy").rename(path)  # complete files only
+    return frames
 
 
 def prepare_features(manifest, splits: list[str], recipe: FeatureRecipe, *, cache_dir: str | Path | None = None,
@@ -93,7 +112,8 @@ def prepare_features(manifest, splits: list[str], recipe: FeatureRecipe, *, cach
     """Train the image tower on the train split, then extract the features of ``splits`` with it."""
     if "train" not in splits:
         raise ValueError("the image tower trains on the train split: include it in splits")
-    cache = Path(cache_dir) / cache_key(manifest, recipe, splits) if cache_dir is not None else None
+    cache_dir = Path(cache_dir) if cache_dir is not None else None
+    cache = cache_dir / cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=splits) if cache_dir else None
     if cache is not None and (cache / "prepared.json").exists():
         info = json.loads((cache / "prepared.json").read_text())
         return PreparedFeatures(encoder=load_encoder(cache / "encoder.pt"),
@@ -104,8 +124,8 @@ def prepare_features(manifest, splits: list[str], recipe: FeatureRecipe, *, cach
     timings = {}
     t = time.monotonic()
     image_size = encoder_image_size(recipe.encoder)
-    frames = decode_videos(manifest, [v for s in splits for v in manifest.videos_in(s)],
-                           frames_per_video=recipe.frames_per_video, frame_size=image_size, progress=progress)
+    frames = decode_cached(manifest, [v for s in splits for v in manifest.videos_in(s)], recipe.frames_per_video,
+                           image_size, cache_dir, progress)
     timings["decode_s"] = time.monotonic() - t
 
     t = time.monotonic()

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml.metrics import score_metrics
 from ml.pooling import masked_mean, masked_softmax
 
 
@@ -72,7 +71,6 @@ class RerankConfig:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
-    top_n: int = 50  # candidates re-ranked
     weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # fine-score weights tried on validation
 
 
@@ -267,17 +265,6 @@ def rerank_scores(first_stage: Tensor, top: TopCandidates, weight: float) -> Ten
     out = scores.clone()
     out[top.query, top.candidate] = combined + (scores.max() - combined.min() + 1)
     return out if top.queries == "video" else out.T
-
-
-def tune_weight(first_stage: Tensor, video_top: TopCandidates, product_top: TopCandidates, video_product: Tensor,
-                grid: tuple[float, ...]) -> float:
-    """The grid weight with the best mean R@K of both directions (on a validation split)."""
-    def score(w: float) -> float:
-        v2p = score_metrics(rerank_scores(first_stage, video_top, w), video_product)
-        p2v = score_metrics(rerank_scores(first_stage, product_top, w), video_product)
-        return sum(v2p[f"v2p_R@{k}"] + p2v[f"p2v_R@{k}"] for k in (1, 5, 10)) / 6
-
-    return max(grid, key=score)
 
 
 def rerank_latency_ms(reranker: Reranker, videos: VideoFine, products: ProductFine, n: int,
