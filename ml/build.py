@@ -42,6 +42,9 @@ class BuildConfig:
     tower_steps: int = 400
     tower_batch: int = 64
     method: str = "mqmc"
+    # Instance towers learn a correction on top of the encoders' own similarity (ml.fusion): with a
+    # few hundred training products, towers from scratch fall far below the raw features.
+    feature_shortcut: bool = True
     epochs: int = 30
     batch_size: int = 64
     queue_size: int = 64
@@ -70,8 +73,10 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     timings |= prepared.timings
 
     t = time.monotonic()
-    train_cfg = TrainConfig(method=cfg.method, instance=InstanceConfig(visual_dim=encoder.embed_dim,
-                                                                       text_dim=encoder.embed_dim),
+    dim = encoder.embed_dim
+    instance = InstanceConfig(visual_dim=dim, text_dim=dim, feature_shortcut=cfg.feature_shortcut,
+                              **({"proj_dim": 2 * dim} if cfg.feature_shortcut else {}))
+    train_cfg = TrainConfig(method=cfg.method, instance=instance,
                             lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                             progress=cfg.progress)
     train_cfg.mqmc = replace(train_cfg.mqmc, queue_size=cfg.queue_size)
@@ -98,14 +103,21 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     return meta
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...]) -> None:
+    """One option per `BuildConfig` field (booleans as --flag / --no-flag)."""
+    for key, value in BuildConfig().__dict__.items():
+        if key in exclude:
+            continue
+        if isinstance(value, bool):
+            parser.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
-    defaults = BuildConfig()
-    for key, value in defaults.__dict__.items():
-        if key == "progress":
-            continue
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+    add_config_arguments(parser, exclude=("progress",))
     args = vars(parser.parse_args(argv))
     out_dir = args.pop("out_dir")
     meta = build(out_dir, BuildConfig(**args))

@@ -38,6 +38,9 @@ class InstanceConfig:
     frame_pooling: str = "mean"  # video frames -> one vector
     image_pooling: str = "mean"  # product photos -> one vector
     video_prototypes: int = 1  # > 1: that many visual prototypes per video (ml.prototypes), matched by the best
+    # The embedding starts as the encoder features' own similarity: [pooled visual, text] (each unit
+    # length) plus the projection head, whose last layer starts at zero. proj_dim = visual + text dim.
+    feature_shortcut: bool = False
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "InstanceConfig":
@@ -136,7 +139,8 @@ class TowerOutput(NamedTuple):
     visual: Tensor  # uni-modal visual embedding [B, d]
     text: Tensor  # uni-modal text embedding [B, d]
     fused: Tensor  # fused gated unit output [B, d]
-    embedding: Tensor  # projection head output [B, proj_dim], not normalised
+    embedding: Tensor  # projection head output (+ shortcut) [B, proj_dim], not normalised
+    shortcut: Tensor  # the feature shortcut part of ``embedding`` (a zero scalar when off): key heads add it too
 
 
 class InstanceTower(nn.Module):
@@ -149,13 +153,27 @@ class InstanceTower(nn.Module):
         self.text = TextEmbedding(cfg.text_dim, cfg.embed_dim)
         self.fuse = FusedGatedUnit(cfg.embed_dim, cfg.embed_dim, cfg.embed_dim)
         self.head = ProjectionHead(cfg.embed_dim, cfg.proj_dim)
+        self.feature_shortcut = cfg.feature_shortcut
+        if cfg.feature_shortcut:
+            if cfg.proj_dim != self.pool.out_dim + cfg.text_dim:
+                raise ValueError(f"feature_shortcut needs proj_dim = pooled visual + text dim "
+                                 f"({self.pool.out_dim} + {cfg.text_dim}), got {cfg.proj_dim}")
+            nn.init.zeros_(self.head.net[-1].weight)
+            nn.init.zeros_(self.head.net[-1].bias)
+
+    def shortcut(self, pooled: Tensor, text: Tensor) -> Tensor:
+        if not self.feature_shortcut:
+            return pooled.new_zeros(())
+        return torch.cat((F.normalize(pooled, dim=-1), F.normalize(text, dim=-1)), dim=-1) / 2 ** 0.5
 
     def forward(self, visual: Tensor, visual_mask: Tensor | None, text: Tensor) -> TowerOutput:
         """visual [B, T, Dv] (frames or photos), visual_mask [B, T] bool or None, text [B, Dt]."""
-        v = self.visual(self.pool(visual, visual_mask))
+        pooled = self.pool(visual, visual_mask)
+        v = self.visual(pooled)
         t = self.text(text)
         fused = self.fuse(v, t)
-        return TowerOutput(v, t, fused, self.head(fused))
+        base = self.shortcut(pooled, text)
+        return TowerOutput(v, t, fused, self.head(fused) + base, base)
 
     def embed(self, visual: Tensor, visual_mask: Tensor | None, text: Tensor, modality: str = "fused") -> Tensor:
         """The retrieval embedding (not normalised): "fused" (projection), "visual" or "text" (uni-modal)."""

@@ -175,8 +175,8 @@ class MultiQueueMoCo(nn.Module):
         with torch.no_grad():
             if self.training:
                 self._momentum_update()
-            video_key = F.normalize(self.video_key_head(video.fused.detach()), dim=1)
-            product_key = F.normalize(self.product_key_head(product.fused.detach()), dim=1)
+            video_key = F.normalize(self.video_key_head(video.fused.detach()) + video.shortcut, dim=1)
+            product_key = F.normalize(self.product_key_head(product.fused.detach()) + product.shortcut, dim=1)
             v2p_bias = self.product_queue.negative_bias(batch.middle, batch.product_index)
             p2v_bias = self.video_queue.negative_bias(batch.middle, batch.product_index)
         t = self.loss_cfg.temperature

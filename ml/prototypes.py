@@ -49,6 +49,8 @@ class PrototypeVideoTower(InstanceTower):
     ``visual`` (for the consistency terms) is the prototypes' mean uni-modal embedding."""
 
     def __init__(self, cfg: InstanceConfig):
+        if cfg.feature_shortcut:
+            raise ValueError("video prototypes do not combine with feature_shortcut")
         super().__init__(cfg, cfg.frame_pooling)
         self.pool = PrototypeAttention(cfg.visual_dim, cfg.video_prototypes)
 
@@ -58,7 +60,8 @@ class PrototypeVideoTower(InstanceTower):
         v = self.visual(protos.flatten(0, 1))
         t = self.text(text)
         fused = self.fuse(v, t.repeat_interleave(k, dim=0))
-        return TowerOutput(v.view(b, k, -1).mean(1), t, fused.view(b, k, -1), self.head(fused).view(b, k, -1))
+        return TowerOutput(v.view(b, k, -1).mean(1), t, fused.view(b, k, -1), self.head(fused).view(b, k, -1),
+                           fused.new_zeros(()))
 
 
 def diversity_loss(prototypes: Tensor) -> Tensor:
@@ -88,7 +91,7 @@ class PrototypeMoCo(MultiQueueMoCo):
             if self.training:
                 self._momentum_update()
             video_key = F.normalize(self.video_key_head(video.fused.detach().flatten(0, 1)), dim=-1).view(b, k, -1)
-            product_key = F.normalize(self.product_key_head(product.fused.detach()), dim=1)
+            product_key = F.normalize(self.product_key_head(product.fused.detach()) + product.shortcut, dim=1)
             v2p_bias = self.product_queue.negative_bias(batch.middle, batch.product_index)
             p2v_bias = self.video_queue.negative_bias(batch.middle, batch.product_index)
         t = self.loss_cfg.temperature

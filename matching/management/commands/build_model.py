@@ -12,15 +12,11 @@ class Command(BaseCommand):
             "active model version. Skips the work when that version already exists.")
 
     def add_arguments(self, parser):
-        from ml.build import BuildConfig
+        from ml.build import add_config_arguments
 
         parser.add_argument("--name", default="demo-v1", help="Model version name.")
         parser.add_argument("--force", action="store_true", help="Train again even if the version exists.")
-        defaults = BuildConfig()
-        for f in fields(BuildConfig):
-            if f.name not in ("name", "progress"):
-                parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                                    default=getattr(defaults, f.name))
+        add_config_arguments(parser, exclude=("name", "progress"))
 
     def handle(self, *args, name, force, **options):
         from ml.build import BuildConfig, build
