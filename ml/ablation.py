@@ -30,7 +30,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -141,7 +141,8 @@ def load_splits(args, progress: bool) -> tuple[dict[str, Split], object, dict]:
                            frames_per_video=args.frames_per_video, seed=args.seed)
     cache = Path(args.cache) if args.cache else Path(args.data) / ".features"
     prepared = prepare_features(manifest, list(SPLITS), recipe, cache_dir=cache, progress=progress)
-    extras_path = Path(args.out) / f"extras-{cache_key(manifest, recipe, list(SPLITS))}.pt"
+    key = cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=list(SPLITS))
+    extras_path = Path(args.out) / f"extras-{key}.pt"
     if extras_path.exists():
         extras = torch.load(extras_path, weights_only=True)
     else:
@@ -475,17 +476,18 @@ class Ablation:
 def patch_dropout_features(manifest, recipe, ratio: float, cache: Path, timing_steps: int, progress: bool):
     """Features from an image tower trained with patch dropout (cached like ml.prepare's), and the
     tower's step time with and without it (same batches, same process)."""
-    from ml.features import decode_videos, manifest_features
-    from ml.prepare import cache_key, encoder_image_size, tower_pairs
+    from ml.features import manifest_features
+    from ml.prepare import cache_key, decode_cached, encoder_image_size, tower_pairs
     from ml.train_tower import train_tower
 
-    folder = cache / f"{cache_key(manifest, recipe, list(SPLITS))}-patch-dropout-{ratio:g}"
+    key = cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=list(SPLITS))
+    folder = cache / f"{key}-patch-dropout-{ratio:g}"
     if (folder / "done.json").exists():
         info = json.loads((folder / "done.json").read_text())
         return {s: FeatureSet.load(folder / f"{s}.pt") for s in SPLITS}, info
     size = encoder_image_size(recipe.encoder)
-    frames = decode_videos(manifest, [v for s in SPLITS for v in manifest.videos_in(s)],
-                           frames_per_video=recipe.frames_per_video, frame_size=size, progress=progress)
+    frames = decode_cached(manifest, [v for s in SPLITS for v in manifest.videos_in(s)], recipe.frames_per_video,
+                           size, cache, progress)
     timing = {}
     for label, r in (("step_s_without", 0.0), ("step_s_with", ratio)):
         source, _ = tower_pairs(manifest, frames, recipe.frames_per_video, size, recipe.seed)

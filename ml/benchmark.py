@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ml.fusion import InstanceConfig
@@ -50,6 +51,7 @@ class Variant:
     loss: dict = field(default_factory=dict)  # LossConfig overrides
     mqmc: dict = field(default_factory=dict)  # MQMCConfig overrides
     modality: str = "fused"  # "visual" / "text": the other modality's features are zeroed in every split
+    instance: dict = field(default_factory=dict)  # InstanceConfig overrides
 
 
 VARIANTS: dict[str, Variant] = {
@@ -59,6 +61,8 @@ VARIANTS: dict[str, Variant] = {
     "mqmc-no-weighting": Variant("MQMC without ontology weighting", "mqmc", mqmc={"reweight_negatives": False}),
     "mqmc-beta0": Variant("MQMC, beta = 0 (no cross-modal consistency)", "mqmc", loss={"beta": 0.0}),
     "mqmc-gamma0": Variant("MQMC, gamma = 0 (no intra-instance consistency)", "mqmc", loss={"gamma": 0.0}),
+    "mqmc-shortcut": Variant("MQMC + feature shortcut (towers start at the encoder features' similarity)", "mqmc",
+                             instance={"feature_shortcut": True}),
     # One modality: the consistency terms contrast visual with text, so they are off.
     "text-only": Variant("text only: caption vs product text (InfoNCE towers)", "infonce",
                          loss={"beta": 0.0, "gamma": 0.0}, modality="text"),
@@ -69,6 +73,7 @@ VARIANTS: dict[str, Variant] = {
 FEATURE_ROWS = {
     "text-features": ("text only: encoder features, caption vs product text (no instance training)", "text"),
     "visual-features": ("visual only: encoder features, mean frame vs mean photo (no instance training)", "visual"),
+    "fused-features": ("both: encoder features, mean of the visual and text cosines (no instance training)", "fused"),
 }
 
 
@@ -91,8 +96,10 @@ class BenchmarkConfig:
     progress: bool = True
 
     def train_config(self, variant: Variant, data: FeatureSet) -> TrainConfig:
-        instance = InstanceConfig.preset(self.preset, visual_dim=data.video_frames.shape[-1],
-                                         text_dim=data.video_caption.shape[-1])
+        dims = {"visual_dim": data.video_frames.shape[-1], "text_dim": data.video_caption.shape[-1]}
+        if variant.instance.get("feature_shortcut"):
+            dims["proj_dim"] = dims["visual_dim"] + dims["text_dim"]
+        instance = InstanceConfig.preset(self.preset, **dims, **variant.instance)
         loss = replace(LossConfig(alpha=self.alpha, beta=self.beta, gamma=self.gamma, temperature=self.temperature),
                        **variant.loss)
         mqmc = replace(MQMCConfig(queue_size=self.queue_size, momentum=self.momentum), **variant.mqmc)
@@ -129,6 +136,9 @@ def feature_embeddings(data: FeatureSet, modality: str) -> tuple[torch.Tensor, t
     """(video, product) embeddings of the encoder features alone: no instance towers."""
     if modality == "text":
         return data.video_caption, data.product_text
+    if modality == "fused":  # what the feature shortcut (ml.fusion) starts from: the mean of both cosines
+        parts = [feature_embeddings(data, m) for m in ("visual", "text")]
+        return tuple(torch.cat([F.normalize(p[side], dim=1) for p in parts], dim=1) for side in (0, 1))
     return (_masked_mean(data.video_frames, data.video_frame_mask),
             _masked_mean(data.product_images, data.product_image_mask))
 

@@ -111,7 +111,9 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 _broker_dir = VAR_DIR / "celery" / "broker"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"data_folder_in": str(_broker_dir), "data_folder_out": str(_broker_dir), "store_processed": False}
+    # polling_interval: kombu's default (1 s) caps the embedded worker at one task a second.
+    {"data_folder_in": str(_broker_dir), "data_folder_out": str(_broker_dir), "store_processed": False,
+     "polling_interval": 0.1}
     if CELERY_BROKER_URL.startswith("filesystem")
     else {}
 )
