@@ -1,9 +1,12 @@
-from django.contrib import admin
+import logging
+
+from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from catalog.models import Category, Product, ProductImage
 from matching import services
 
+log = logging.getLogger(__name__)
 
 def thumbnail(url: str | None, size: int = 96) -> str:
     if not url:
@@ -15,6 +18,26 @@ def keyframe_strip(video, size: int = 64) -> str:
     """The video's sampled keyframes in one row, in time order."""
     frames = format_html_join("", "{}", ((thumbnail(kf.image.url, size),) for kf in video.keyframes.all()))
     return format_html('<div style="display:flex;gap:2px;flex-wrap:nowrap">{}</div>', frames) if frames else "—"
+
+
+class TextSearchMixin:
+    """The admin search box by words and by meaning: rows whose fields contain the words, plus the
+    active model's text-search hits (`services.search_text`) among the rows the filters keep."""
+
+    text_search_k = 20
+
+    def get_search_results(self, request, queryset, search_term):
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        if not search_term.strip():
+            return found, may_have_duplicates
+        try:
+            result = services.search_text(search_term, self.text_search_k)
+        except Exception as exc:  # the word search still answers when the model or the index cannot
+            log.warning("admin text search failed: %s", exc)
+            messages.warning(request, f"Search by meaning is unavailable ({exc}); showing word matches only.")
+            return found, may_have_duplicates
+        hits = result.products if self.model is Product else result.videos
+        return found | queryset.filter(pk__in=[obj.pk for obj, _ in hits]), may_have_duplicates
 
 
 def category_filter(level: int, lookup: str):
@@ -53,7 +76,7 @@ class ProductImageInline(admin.TabularInline):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(TextSearchMixin, admin.ModelAdmin):
     list_display = ["title", "photo", "category", "price", "merchant", "status", "model_version", "created_at"]
     list_filter = ["status", category_filter(0, "category__parent__parent"), category_filter(1, "category__parent")]
     search_fields = ["title", "description", "sku"]

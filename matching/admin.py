@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from catalog.admin import category_filter, keyframe_strip, thumbnail
+from catalog.admin import TextSearchMixin, category_filter, keyframe_strip, thumbnail
 from matching import services
 from matching.models import Keyframe, Match, MicroVideo, ModelVersion
 
@@ -25,7 +25,7 @@ class KeyframeInline(admin.TabularInline):
 
 
 @admin.register(MicroVideo)
-class MicroVideoAdmin(admin.ModelAdmin):
+class MicroVideoAdmin(TextSearchMixin, admin.ModelAdmin):
     list_display = ["id", "frames", "caption_short", "publisher", "status", "error", "duration", "created_at"]
     list_filter = ["status", "model_version"]
     search_fields = ["caption", "original_filename"]

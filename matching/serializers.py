@@ -31,6 +31,16 @@ class MicroVideoSerializer(serializers.ModelSerializer):
         return value
 
 
+def product_summary(p, request) -> dict:
+    image = p.images.first()
+    return {"id": p.pk, "title": p.title, "price": str(p.price), "category": p.category.path,
+            "image": request.build_absolute_uri(image.image.url) if image else None}
+
+
+def video_summary(v) -> dict:
+    return {"id": v.pk, "caption": v.caption, "duration": v.duration}
+
+
 class ProductHitSerializer(serializers.ModelSerializer):
     """One ranked ad suggestion for a video."""
 
@@ -41,10 +51,7 @@ class ProductHitSerializer(serializers.ModelSerializer):
         fields = ["rank", "score", "product", "status", "model_version"]
 
     def get_product(self, match):
-        p = match.product
-        image = p.images.first()
-        return {"id": p.pk, "title": p.title, "price": str(p.price), "category": p.category.path,
-                "image": self.context["request"].build_absolute_uri(image.image.url) if image else None}
+        return product_summary(match.product, self.context["request"])
 
 
 class VideoHitSerializer(serializers.ModelSerializer):
@@ -57,10 +64,29 @@ class VideoHitSerializer(serializers.ModelSerializer):
         fields = ["rank", "score", "video", "status", "model_version"]
 
     def get_video(self, match):
-        v = match.video
-        return {"id": v.pk, "caption": v.caption, "duration": v.duration}
+        return video_summary(match.video)
 
 
 class LookupParams(serializers.Serializer):
     k = serializers.IntegerField(min_value=1, max_value=100, default=settings.MVMATCH_SUGGESTIONS)
     category = CategoryField(required=False, help_text="Restrict results to this category's subtree.")
+
+
+class TextSearchParams(LookupParams):
+    q = serializers.CharField(max_length=500, help_text="Free text, e.g. `navy striped backpack`.")
+
+
+class ScoredProductSerializer(serializers.Serializer):
+    score = serializers.FloatField()
+    product = serializers.DictField()
+
+
+class ScoredVideoSerializer(serializers.Serializer):
+    score = serializers.FloatField()
+    video = serializers.DictField()
+
+
+class TextSearchSerializer(serializers.Serializer):
+    query = serializers.CharField()
+    products = ScoredProductSerializer(many=True)
+    videos = ScoredVideoSerializer(many=True)

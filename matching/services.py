@@ -41,13 +41,13 @@ class NotIndexed(ValueError):
 def active_model_version() -> ModelVersion:
     version = ModelVersion.objects.filter(is_active=True).first()
     if version is None:
-        raise NoActiveModel("no active model version: run `manage.py build_demo_model` or `manage.py register_model`")
+        raise NoActiveModel("no active model version: run `manage.py build_model` or `manage.py register_model`")
     return version
 
 
 @functools.lru_cache(maxsize=2)
 def _load_bundle(bundle_path: str, device: str):
-    from ml.bundle import ModelBundle  # torch import deferred: the web process never needs it
+    from ml.bundle import ModelBundle  # torch import deferred: the web process needs it for text search only
 
     log.info("loading model bundle %s on %s", bundle_path, device)
     return ModelBundle.load(bundle_path, device=device)
@@ -249,6 +249,28 @@ def _lookup(obj, k: int, category: Category | None, direction: str) -> list[Matc
     hits = target(version).search(vector[None], k, **_filter(category))[0]
     pairs = [(obj.pk, h.id, h.score) if from_video else (h.id, obj.pk, h.score) for h in hits]
     return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, pairs)
+
+
+@dataclass
+class TextSearchResult:
+    products: list[tuple[Product, float]]  # best first, with cosine scores
+    videos: list[tuple[MicroVideo, float]]
+
+
+def search_text(query: str, k: int, category: Category | None = None) -> TextSearchResult:
+    """Products and micro-videos for a free-text query, through the active model's query head and
+    the same Milvus collections the suggestions use."""
+    query = query.strip()
+    if not query:
+        raise ValueError("the query is empty")
+    version = active_model_version()
+    vector = get_bundle(version).embed_text_queries([query])
+    found = {}
+    for model, index in ((Product, product_index), (MicroVideo, video_index)):
+        hits = index(version).search(vector, k, **_filter(category))[0]
+        live = model.objects.in_bulk([h.id for h in hits])  # the index may name rows deleted since
+        found[model] = [(live[h.id], h.score) for h in hits if h.id in live]
+    return TextSearchResult(found[Product], found[MicroVideo])
 
 
 def _indexed_version(obj) -> ModelVersion:

@@ -4,10 +4,12 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from matching import services
 from matching.models import MicroVideo
-from matching.serializers import LookupParams, MicroVideoSerializer, ProductHitSerializer
+from matching.serializers import (LookupParams, MicroVideoSerializer, ProductHitSerializer, TextSearchParams,
+                                  TextSearchSerializer, product_summary, video_summary)
 from ml.video import VideoError
 
 
@@ -55,3 +57,24 @@ class MicroVideoViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixi
     def suggestions(self, request, pk=None):
         """Ranked ad suggestions: the products to embed in this video, best first."""
         return lookup_response(request, self.get_object(), services.suggest_products, ProductHitSerializer)
+
+
+class TextSearchView(APIView):
+    """Text search: micro-videos and products for a free-text query (`?q=`), best first."""
+
+    @extend_schema(parameters=[TextSearchParams], responses=TextSearchSerializer)
+    def get(self, request):
+        params = TextSearchParams(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        query, k = params.validated_data["q"], params.validated_data["k"]
+        try:
+            result = services.search_text(query, k, params.validated_data.get("category"))
+        except services.NoActiveModel as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        except ValueError as exc:
+            raise ValidationError({"q": [str(exc)]})
+        return Response({
+            "query": query,
+            "products": [{"score": score, "product": product_summary(p, request)} for p, score in result.products],
+            "videos": [{"score": score, "video": video_summary(v)} for v, score in result.videos],
+        })

@@ -46,7 +46,7 @@ from ml.metrics import RECALL_AT, score_metrics, score_ranks, similarity, summar
 from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, Reranker, VideoFine, fit_rerank_head, \
     rerank_latency_ms, rerank_scores, score_top_candidates
 from ml.salient import SalientConfig, filter_feature_set, fit_salient_selector, kept_kind_share
-from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head
+from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head, short_query
 from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train
 
 SPLITS = ("train", "val", "test")
@@ -99,15 +99,6 @@ class Split:
     def query_fine(self, kind: str) -> ProductFine:
         feats, tokens, mask = self.queries[kind]
         return ProductFine(tokens, mask, feats)
-
-
-def short_query(product) -> str:
-    """What a user might type for a product: colour, pattern (unless plain) and category name."""
-    from ml.ontology import load_ontology
-
-    a = product.attributes
-    words = [a["colour"], "" if a["pattern"] == "solid" else a["pattern"], load_ontology().get(product.category_path).name]
-    return " ".join(w for w in words if w)
 
 
 def split_extras(encoder, manifest, split: str, data: FeatureSet, frames_per_video: int) -> dict:

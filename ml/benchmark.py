@@ -39,7 +39,8 @@ from ml.losses import LossConfig
 from ml.metrics import RECALL_AT, chance_metrics, retrieval_metrics, retrieval_metrics_by_group
 from ml.mqmc import MQMCConfig
 from ml.ontology import load_ontology
-from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train
+from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, \
+    shortcut_instance, train
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,10 @@ class BenchmarkConfig:
     progress: bool = True
 
     def train_config(self, variant: Variant, data: FeatureSet) -> TrainConfig:
-        dims = {"visual_dim": data.video_frames.shape[-1], "text_dim": data.video_caption.shape[-1]}
-        if variant.instance.get("feature_shortcut"):
-            dims["proj_dim"] = dims["visual_dim"] + dims["text_dim"]
-        instance = InstanceConfig.preset(self.preset, **dims, **variant.instance)
+        instance = InstanceConfig.preset(self.preset, visual_dim=data.video_frames.shape[-1],
+                                         text_dim=data.video_caption.shape[-1], **variant.instance)
+        if instance.feature_shortcut:
+            instance = shortcut_instance(instance)
         loss = replace(LossConfig(alpha=self.alpha, beta=self.beta, gamma=self.gamma, temperature=self.temperature),
                        **variant.loss)
         mqmc = replace(MQMCConfig(queue_size=self.queue_size, momentum=self.momentum), **variant.mqmc)

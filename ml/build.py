@@ -1,5 +1,5 @@
 """Build a model bundle from scratch: generate training data, train the image tower, extract
-features, train the instance towers (MQMC by default), evaluate, write the bundle.
+features, train the instance towers (MQMC by default), evaluate, fit the text query head, write the bundle.
 
     python -m ml.build var/models/demo --data-size demo-train --method mqmc
 
@@ -20,7 +20,8 @@ from ml.bundle import ModelBundle
 from ml.datagen import SIZES, DatasetConfig, generate_dataset
 from ml.fusion import InstanceConfig
 from ml.prepare import FeatureRecipe, prepare_features
-from ml.train_instance import TrainConfig, evaluate, load_checkpoint, train
+from ml.text_search import fit_split_query_head
+from ml.train_instance import TrainConfig, evaluate, load_checkpoint, shortcut_instance, train
 
 # Training data for the demo model: every middle category, products never in the demo catalogue
 # (another seed), one video per product.
@@ -73,9 +74,8 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     timings |= prepared.timings
 
     t = time.monotonic()
-    dim = encoder.embed_dim
-    instance = InstanceConfig(visual_dim=dim, text_dim=dim, feature_shortcut=cfg.feature_shortcut,
-                              **({"proj_dim": 2 * dim} if cfg.feature_shortcut else {}))
+    instance = InstanceConfig(visual_dim=encoder.embed_dim, text_dim=encoder.embed_dim)
+    instance = shortcut_instance(instance) if cfg.feature_shortcut else instance
     train_cfg = TrainConfig(method=cfg.method, instance=instance,
                             lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                             progress=cfg.progress)
@@ -87,6 +87,9 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     if best.exists():  # the bundle ships the best validation epoch: report its metrics
         model, _ = load_checkpoint(best)
     metrics = {s: evaluate(model, features[s]) for s in splits}
+    t = time.monotonic()
+    text_query, _ = fit_split_query_head(encoder, model, manifest, features["train"])
+    timings["text_query_s"] = time.monotonic() - t
     meta = {
         "name": cfg.name,
         "embed_dim": train_cfg.instance.proj_dim,
@@ -99,7 +102,7 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
         "metrics": metrics,
         "timings": {k: round(v, 1) for k, v in {**timings, "total_s": time.monotonic() - t0}.items()},
     }
-    ModelBundle.write(out_dir, encoder, best if best.exists() else work / "instance" / "last.pt", meta)
+    ModelBundle.write(out_dir, encoder, best if best.exists() else work / "instance" / "last.pt", meta, text_query)
     (out_dir / "history.json").write_text(json.dumps(
         {"tower_loss": prepared.tower_loss, "instance": history}, default=float))
     return meta

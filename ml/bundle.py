@@ -4,6 +4,7 @@
       bundle.json    name, embed_dim, frames_per_video, frame_size, metrics, how it was trained
       encoder.pt     open_clip image + text towers (ml.encoders checkpoint)
       instance.pt    instance towers trained with MQMC or a baseline (ml.train_instance checkpoint)
+      text_query.pt  optional: text query head into the same space (ml.text_search), for text search
 
 The database's ModelVersion points at a bundle directory; every vector in the index names it.
 """
@@ -19,6 +20,7 @@ import torch
 
 from ml.encoders import Encoder, load_encoder
 from ml.features import FRAMES_PER_VIDEO, product_features, video_features
+from ml.text_search import TextQueryHead
 from ml.train_instance import embed_products, embed_videos, load_checkpoint
 
 META_FILE = "bundle.json"
@@ -36,10 +38,11 @@ def read_meta(path: str | Path) -> dict:
 
 
 class ModelBundle:
-    def __init__(self, encoder: Encoder, instance: torch.nn.Module, meta: dict):
+    def __init__(self, encoder: Encoder, instance: torch.nn.Module, meta: dict, text_query: TextQueryHead | None = None):
         self.encoder = encoder
         self.instance = instance.eval()
         self.meta = meta
+        self.text_query = text_query
 
     @property
     def embed_dim(self) -> int:
@@ -55,14 +58,18 @@ class ModelBundle:
         meta = read_meta(path)
         encoder = load_encoder(path / "encoder.pt", device=device)
         instance, _ = load_checkpoint(path / "instance.pt", device=device)
-        return cls(encoder, instance, meta)
+        text_query = TextQueryHead.load(path / "text_query.pt") if (path / "text_query.pt").exists() else None
+        return cls(encoder, instance, meta, text_query)
 
     @staticmethod
-    def write(path: str | Path, encoder: Encoder, instance_checkpoint: str | Path, meta: dict) -> Path:
+    def write(path: str | Path, encoder: Encoder, instance_checkpoint: str | Path, meta: dict,
+              text_query: TextQueryHead | None = None) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         encoder.save(path / "encoder.pt")
         shutil.copyfile(instance_checkpoint, path / "instance.pt")
+        if text_query is not None:
+            text_query.save(path / "text_query.pt")
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         return path
 
@@ -77,3 +84,10 @@ class ModelBundle:
         """Unit vectors [N, D] for products given as lists of uint8 photos [H, W, 3] and their texts."""
         feats, mask, text = product_features(self.encoder, photos, texts)
         return embed_products(self.instance, feats, text, mask)
+
+    @torch.no_grad()
+    def embed_text_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Unit vectors [N, D] for free-text queries, searchable in both collections."""
+        if self.text_query is None:
+            raise ValueError(f"model {self.meta['name']} has no text query head: it cannot serve text search")
+        return self.text_query(self.encoder.encode_texts(list(queries)).cpu()).numpy()

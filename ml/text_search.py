@@ -40,6 +40,27 @@ class TextQueryHead(nn.Module):
     def forward(self, text: Tensor) -> Tensor:
         return F.normalize(self.net(F.normalize(text, dim=-1)), dim=-1)
 
+    def save(self, path) -> None:
+        dims = {"text_dim": self.net[0].in_features, "hidden_dim": self.net[0].out_features,
+                "out_dim": self.net[2].out_features}
+        torch.save({"dims": dims, "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path) -> "TextQueryHead":
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        head = cls(**saved["dims"])
+        head.load_state_dict(saved["state"])
+        return head.eval()
+
+
+def short_query(product) -> str:
+    """What a user might type for a generated product (ml.datagen): colour, pattern (unless plain), category name."""
+    from ml.ontology import load_ontology
+
+    a = product.attributes
+    words = [a["colour"], "" if a["pattern"] == "solid" else a["pattern"], load_ontology().get(product.category_path).name]
+    return " ".join(w for w in words if w)
+
 
 def fit_text_query_head(query_text: Tensor, query_product: Tensor, video_emb, video_product: Tensor, product_emb,
                         cfg: TextQueryConfig = TextQueryConfig()) -> tuple[TextQueryHead, float]:
@@ -74,6 +95,18 @@ def fit_text_query_head(query_text: Tensor, query_product: Tensor, video_emb, vi
             loss.backward()
             optimizer.step()
     return head.eval(), time.perf_counter() - started
+
+
+def fit_split_query_head(encoder, model: nn.Module, manifest, data, cfg: TextQueryConfig = TextQueryConfig()):
+    """The query head of a model bundle, trained on one split of a generated dataset (``data``, a
+    ``FeatureSet`` of ``manifest``): each product's own text and a short query about it."""
+    from ml.train_instance import embed_products, embed_videos
+
+    shorts = encoder.encode_texts([short_query(manifest.product(sku)) for sku in data.product_ids])
+    videos = embed_videos(model, data.video_frames, data.video_caption, data.video_frame_mask)
+    products = embed_products(model, data.product_images, data.product_text, data.product_image_mask)
+    return fit_text_query_head(torch.cat([data.product_text, shorts]), torch.arange(data.num_products).repeat(2),
+                               videos, data.video_product, products, cfg)
 
 
 @torch.no_grad()

@@ -292,6 +292,11 @@ def train(
     return model, history
 
 
+def shortcut_instance(cfg: InstanceConfig) -> InstanceConfig:
+    """``cfg`` with the feature shortcut on (its contrastive space widened to visual + text)."""
+    return replace(cfg, feature_shortcut=True, proj_dim=cfg.visual_dim + cfg.text_dim)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", required=True, help="FeatureSet .pt of the training split")
@@ -313,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--momentum", type=float, default=MQMCConfig.momentum)
     parser.add_argument("--single-queue", action="store_true", help="one queue instead of one per middle category")
     parser.add_argument("--no-reweight", action="store_true", help="no ontology-aware negative weights")
+    parser.add_argument("--feature-shortcut", action="store_true",
+                        help="towers start at the encoder features' similarity (ml.fusion)")
     parser.add_argument("--resume", help="last.pt to continue from")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels: exact resume")
@@ -323,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = TrainConfig(
         method=args.method,
-        instance=InstanceConfig.preset(args.preset),
+        instance=shortcut_instance(InstanceConfig.preset(args.preset)) if args.feature_shortcut
+        else InstanceConfig.preset(args.preset),
         loss=LossConfig(alpha=args.alpha, beta=args.beta, gamma=args.gamma, temperature=args.temperature),
         mqmc=MQMCConfig(queue_size=args.queue_size, momentum=args.momentum, multi_queue=not args.single_queue,
                         reweight_negatives=not args.no_reweight),

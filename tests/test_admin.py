@@ -118,3 +118,11 @@ def test_reindex_action_and_command_requeue(client, staff, matches, monkeypatch,
     with django_capture_on_commit_callbacks(execute=True):
         call_command("reindex")
     assert sorted(kind for kind, _ in sent) == ["product", "product", "video"]
+
+
+def test_admin_search_falls_back_to_words_when_search_by_meaning_cannot_answer(client, staff, matches):
+    """The active model of this fixture has no bundle on disk: the word search still answers, with a notice."""
+    r = client.get("/admin/catalog/product/", {"q": "product 1"})
+    html = r.content.decode()
+    assert r.status_code == 200 and "product 1" in html and "unavailable" in html
+    assert "1 result" in html

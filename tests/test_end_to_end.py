@@ -14,6 +14,7 @@ import pytest
 from matching.vector_index import MilvusLiteServer
 from ml.build import BuildConfig, build
 from ml.datagen import SIZES, generate_dataset
+from ml.text_search import short_query
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -120,6 +121,15 @@ def test_upload_to_suggestions_on_real_parts(stack, catalogue):
         stack.login("publisher")
     # A trained model: the true product among the top 5 of 12 for most videos (chance: 5/12).
     assert sum(r is not None for r in ranks) >= len(ranks) / 2, ranks
+
+    # Text search: one query vector searches both collections; a short query finds its product.
+    target = catalogue.product(videos[0].product_sku)
+    found = stack.get("/api/search/", params={"q": short_query(target), "k": 5}).json()
+    assert len(found["products"]) == 5 and len(found["videos"]) == len(videos)
+    assert all(a["score"] >= b["score"] for a, b in zip(found["products"], found["products"][1:]))
+    assert {h["product"]["id"] for h in found["products"]} <= {p["id"] for p in products.values()}
+    assert products[target.sku]["id"] in [h["product"]["id"] for h in found["products"]], found
+    assert stack.get("/api/search/", params={"q": "  "}).status_code == 400
 
     # Filtered by category subtree: only that subtree comes back.
     category = catalogue.product(videos[0].product_sku).category_path.rsplit("/", 1)[0]
