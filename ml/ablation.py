@@ -56,6 +56,7 @@ QUERY_KINDS = {"text": "product text", "short": "short query"}
 @dataclass
 class AblationConfig:
     bench: BenchmarkConfig = field(default_factory=BenchmarkConfig)  # MQMC hyperparameters, as the benchmark's
+    base: str = "mqmc"  # the benchmark row (ml.benchmark.VARIANTS) every stage-1 row changes in one respect
     salient: SalientConfig = SalientConfig()
     prototypes: int = 3
     sparse_frames: int = 2  # ClipBERT: frames per video per training step
@@ -226,7 +227,7 @@ class Ablation:
 
     # -- stage 1 --
     def train_config(self, **changes) -> TrainConfig:
-        base = self.cfg.bench.train_config(VARIANTS["mqmc"], self.splits["train"].data)
+        base = self.cfg.bench.train_config(VARIANTS[self.cfg.base], self.splits["train"].data)
         instance = replace(base.instance, **changes.pop("instance", {}))
         return replace(base, instance=instance, progress=self.progress, **changes)
 
@@ -234,13 +235,13 @@ class Ablation:
         """Train (or reuse an identical finished run) and return (best model, training seconds)."""
         run = self.out / "runs" / name
         done = run / "done.json"
-        if done.exists() and json.loads(done.read_text())["config"] == cfg.to_dict():
+        if done.exists() and json.loads(done.read_text())["config"] == cfg.json_dict():
             model, _ = load_checkpoint(run / "best.pt")
             return model, json.loads(done.read_text())["train_s"]
         started = time.perf_counter()
         train(cfg, data["train"], data["val"], out_dir=run)
         seconds = time.perf_counter() - started
-        done.write_text(json.dumps({"config": cfg.to_dict(), "train_s": seconds}))
+        done.write_text(json.dumps({"config": cfg.json_dict(), "train_s": seconds}))
         model, _ = load_checkpoint(run / "best.pt")
         return model, seconds
 
@@ -432,7 +433,7 @@ class Ablation:
                        self.train_config(instance={"frame_pooling": "hierarchical"}))
         self.salient_row()
         self.model_row("prototypes", f"MQMC, {c.prototypes} visual prototypes per video (max match, diversity term)",
-                       self.train_config(instance={"video_prototypes": c.prototypes}))
+                       self.train_config(instance={"video_prototypes": c.prototypes, "feature_shortcut": False}))
         self.model_row("single-frame", "MQMC, single-frame training + frame ensemble (Singularity)",
                        self.train_config(train_frames=1), ensemble=True)
         self.model_row("sparse", f"MQMC, sparse sampling: {c.sparse_frames} random frames per step (ClipBERT)",
@@ -576,7 +577,8 @@ Machine: {setup['machine']}
 
 {data_lines}
 
-Every stage-1 row is MQMC with the benchmark's settings (`ml.benchmark`: Adam lr {b.lr}, batch
+Every stage-1 row is the benchmark's row "{VARIANTS[cfg.base].label}" (prototypes: without the
+feature shortcut, which they do not combine with) with its settings (`ml.benchmark`: Adam lr {b.lr}, batch
 {b.batch_size}, {b.epochs} epochs, K = {b.queue_size} keys per queue, seed {b.seed}), best validation epoch,
 changed in one respect. "+" rows act on the scores of the first row (mean pooling); their weights
 were tuned on the validation split. Test split = the whole gallery. R@K in %, MdR = median rank.
@@ -626,6 +628,8 @@ def main(argv: list[str] | None = None) -> None:
     defaults = BenchmarkConfig()
     for key in ("epochs", "batch_size", "lr", "queue_size", "seed"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(getattr(defaults, key)), default=getattr(defaults, key))
+    parser.add_argument("--base", default=AblationConfig.base, choices=[k for k, v in VARIANTS.items() if v.method == "mqmc"],
+                        help="benchmark row the stage-1 rows start from")
     parser.add_argument("--encoder", default="mv-tiny-vit-minilm")
     parser.add_argument("--tower-steps", type=int, default=400)
     parser.add_argument("--tower-batch", type=int, default=64)
@@ -643,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     splits, context, setup = load_splits(args, progress)
     bench = BenchmarkConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, queue_size=args.queue_size,
                             seed=args.seed, progress=progress)
-    cfg = AblationConfig(bench=bench, patch_dropout=args.patch_dropout,
+    cfg = AblationConfig(bench=bench, base=args.base, patch_dropout=args.patch_dropout,
                          rerank=replace(RerankConfig(), epochs=args.rerank_epochs))
     out = Path(args.out)
     ablation = Ablation(cfg, splits, out, progress)

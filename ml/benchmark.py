@@ -15,7 +15,8 @@ instance training (mean-pooled frames vs mean-pooled photos; caption vs product 
 Test: the whole test split is the gallery, both directions, R@1/5/10, MdR, mean rank.
 
 Writes ``OUT/report.md``, ``OUT/results.json``, plots (``loss.png``, ``val_recall.png``,
-``upper_recall.png``) and one checkpoint folder per row under ``OUT/runs``.
+``upper_recall.png``) and one checkpoint folder per row under ``OUT/runs``; a rerun into the same
+``OUT`` reuses every finished run whose config is unchanged, so adding a row trains only that row.
 """
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ VARIANTS: dict[str, Variant] = {
     "mqmc-beta0": Variant("MQMC, beta = 0 (no cross-modal consistency)", "mqmc", loss={"beta": 0.0}),
     "mqmc-gamma0": Variant("MQMC, gamma = 0 (no intra-instance consistency)", "mqmc", loss={"gamma": 0.0}),
     "mqmc-shortcut": Variant("MQMC + feature shortcut (towers start at the encoder features' similarity)", "mqmc",
+                             instance={"feature_shortcut": True}),
+    "infonce-shortcut": Variant("CLIP-style in-batch InfoNCE + feature shortcut", "infonce",
+                                instance={"feature_shortcut": True}),
+    "moco-shortcut": Variant("MoCo, one queue, no weighting + feature shortcut", "moco",
                              instance={"feature_shortcut": True}),
     # One modality: the consistency terms contrast visual with text, so they are off.
     "text-only": Variant("text only: caption vs product text (InfoNCE towers)", "infonce",
@@ -157,9 +162,15 @@ def run_variant(name: str, variant: Variant, splits: dict[str, FeatureSet], cfg:
     """Train one row, test its best validation epoch; returns its results."""
     data = {s: keep_modality(d, variant.modality) for s, d in splits.items()}
     train_cfg = cfg.train_config(variant, data["train"])
-    start = time.monotonic()
-    _, history = train(train_cfg, data["train"], data["val"], out_dir=out_dir)
-    train_s = time.monotonic() - start
+    done = out_dir / "done.json"
+    if done.exists() and json.loads(done.read_text())["config"] == train_cfg.json_dict():  # a finished identical run
+        history = json.loads((out_dir / "history.json").read_text())
+        train_s = json.loads(done.read_text())["train_s"]
+    else:
+        start = time.monotonic()
+        _, history = train(train_cfg, data["train"], data["val"], out_dir=out_dir)
+        train_s = time.monotonic() - start
+        done.write_text(json.dumps({"config": train_cfg.json_dict(), "train_s": train_s}))
     start = time.monotonic()
     model, _ = load_checkpoint(out_dir / "best.pt", device=cfg.device)
     test = data["test"]
@@ -297,7 +308,9 @@ def write_plots(results: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
 
+    plt.rcParams["axes.prop_cycle"] = cycler(color=plt.get_cmap("tab20").colors)  # more rows than tab10 has colours
     trained = [r for r in results["rows"].values() if "step_loss" in r]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in trained:

@@ -123,6 +123,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def json_dict(self) -> dict:
+        """``to_dict`` as it reads back from JSON (tuples as lists): compare with a saved config."""
+        return json.loads(json.dumps(self.to_dict()))
+
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         nested = {"instance": InstanceConfig, "loss": LossConfig, "mqmc": MQMCConfig}

@@ -68,3 +68,17 @@ def test_rerun_loads_features_from_the_cache(tiny_data, report, tmp_path):
 def test_unknown_method_is_refused(tiny_data, tmp_path):
     with pytest.raises(SystemExit):
         main(["--data", str(tiny_data), "--out", str(tmp_path), "--methods", "nope"])
+
+
+def test_rerun_into_the_same_folder_trains_only_changed_rows(tiny_data, report, tmp_path):
+    import shutil
+
+    out = tmp_path / "report"
+    shutil.copytree(report, out)
+    stamp = {n: (out / "runs" / n / "best.pt").stat().st_mtime_ns for n in ("infonce", "moco")}
+    main(["--data", str(tiny_data), "--out", str(out), "--methods", "infonce", "moco", *FAST])
+    assert {n: (out / "runs" / n / "best.pt").stat().st_mtime_ns for n in stamp} == stamp  # reused
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows["infonce"]["seconds"]["train"] > 0 and rows["infonce"]["best_epoch"] >= 1
+    main(["--data", str(tiny_data), "--out", str(out), "--methods", "infonce", *FAST[:-1], "--seed", "1", "--no-progress"])
+    assert (out / "runs" / "infonce" / "best.pt").stat().st_mtime_ns != stamp["infonce"]  # changed config: trained
