@@ -235,13 +235,14 @@ class Ablation:
         """Train (or reuse an identical finished run) and return (best model, training seconds)."""
         run = self.out / "runs" / name
         done = run / "done.json"
-        if done.exists() and json.loads(done.read_text())["config"] == cfg.json_dict():
+        if done.exists() and cfg.same_run(json.loads(done.read_text())["config"]):
             model, _ = load_checkpoint(run / "best.pt")
             return model, json.loads(done.read_text())["train_s"]
+        done.unlink(missing_ok=True)  # the folder is being rewritten: an interrupted run must not look finished
         started = time.perf_counter()
         train(cfg, data["train"], data["val"], out_dir=run)
         seconds = time.perf_counter() - started
-        done.write_text(json.dumps({"config": cfg.json_dict(), "train_s": seconds}))
+        done.write_text(json.dumps({"config": cfg.to_dict(), "train_s": seconds}))
         model, _ = load_checkpoint(run / "best.pt")
         return model, seconds
 

@@ -123,9 +123,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def json_dict(self) -> dict:
-        """``to_dict`` as it reads back from JSON (tuples as lists): compare with a saved config."""
-        return json.loads(json.dumps(self.to_dict()))
+    def same_run(self, saved: dict) -> bool:
+        """Whether a config saved as JSON trains exactly this run (the progress display aside)."""
+        mine = json.loads(json.dumps(self.to_dict()))  # tuples read back as lists
+        return {k: v for k, v in mine.items() if k != "progress"} == {k: v for k, v in saved.items() if k != "progress"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

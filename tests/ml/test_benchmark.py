@@ -82,3 +82,21 @@ def test_rerun_into_the_same_folder_trains_only_changed_rows(tiny_data, report, 
     assert rows["infonce"]["seconds"]["train"] > 0 and rows["infonce"]["best_epoch"] >= 1
     main(["--data", str(tiny_data), "--out", str(out), "--methods", "infonce", *FAST[:-1], "--seed", "1", "--no-progress"])
     assert (out / "runs" / "infonce" / "best.pt").stat().st_mtime_ns != stamp["infonce"]  # changed config: trained
+
+
+def test_an_interrupted_retrain_is_not_taken_for_a_finished_run(tiny_data, report, tmp_path, monkeypatch):
+    import shutil
+
+    import ml.benchmark
+
+    out = tmp_path / "report"
+    shutil.copytree(report, out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ml.benchmark, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--data", str(tiny_data), "--out", str(out), "--methods", "infonce", *FAST[:-1], "--seed", "1",
+              "--no-progress"])
+    assert not (out / "runs" / "infonce" / "done.json").exists()
