@@ -30,7 +30,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +47,7 @@ from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, Reranker, Vid
     rerank_latency_ms, rerank_scores, score_top_candidates
 from ml.salient import SalientConfig, filter_feature_set, fit_salient_selector, kept_kind_share
 from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head, short_query
-from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train
+from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train_once
 
 SPLITS = ("train", "val", "test")
 QUERY_KINDS = {"text": "product text", "short": "short query"}
@@ -126,15 +126,14 @@ def split_extras(encoder, manifest, split: str, data: FeatureSet, frames_per_vid
 def load_splits(args, progress: bool) -> tuple[dict[str, Split], object, dict]:
     """The benchmark's features (cached) and the extras of every split (cached next to the report)."""
     from ml.datagen import load_manifest
-    from ml.prepare import FeatureRecipe, cache_key, prepare_features
+    from ml.prepare import FeatureRecipe, features_key, prepare_features
 
     manifest = load_manifest(args.data)
     recipe = FeatureRecipe(encoder=args.encoder, tower_steps=args.tower_steps, tower_batch=args.tower_batch,
                            frames_per_video=args.frames_per_video, seed=args.seed)
     cache = Path(args.cache) if args.cache else Path(args.data) / ".features"
     prepared = prepare_features(manifest, list(SPLITS), recipe, cache_dir=cache, progress=progress)
-    key = cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=list(SPLITS))
-    extras_path = Path(args.out) / f"extras-{key}.pt"
+    extras_path = Path(args.out) / f"extras-{features_key(manifest, recipe, SPLITS)}.pt"
     if extras_path.exists():
         extras = torch.load(extras_path, weights_only=True)
     else:
@@ -234,15 +233,7 @@ class Ablation:
     def fit(self, name: str, cfg: TrainConfig, data: dict[str, FeatureSet]):
         """Train (or reuse an identical finished run) and return (best model, training seconds)."""
         run = self.out / "runs" / name
-        done = run / "done.json"
-        if done.exists() and cfg.same_run(json.loads(done.read_text())["config"]):
-            model, _ = load_checkpoint(run / "best.pt")
-            return model, json.loads(done.read_text())["train_s"]
-        done.unlink(missing_ok=True)  # the folder is being rewritten: an interrupted run must not look finished
-        started = time.perf_counter()
-        train(cfg, data["train"], data["val"], out_dir=run)
-        seconds = time.perf_counter() - started
-        done.write_text(json.dumps({"config": cfg.to_dict(), "train_s": seconds}))
+        _, seconds = train_once(cfg, data["train"], data["val"], run)
         model, _ = load_checkpoint(run / "best.pt")
         return model, seconds
 
@@ -470,11 +461,10 @@ def patch_dropout_features(manifest, recipe, ratio: float, cache: Path, timing_s
     """Features from an image tower trained with patch dropout (cached like ml.prepare's), and the
     tower's step time with and without it (same batches, same process)."""
     from ml.features import manifest_features
-    from ml.prepare import cache_key, decode_cached, encoder_image_size, tower_pairs
+    from ml.prepare import decode_cached, encoder_image_size, features_key, tower_pairs
     from ml.train_tower import train_tower
 
-    key = cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=list(SPLITS))
-    folder = cache / f"{key}-patch-dropout-{ratio:g}"
+    folder = cache / f"{features_key(manifest, recipe, SPLITS)}-patch-dropout-{ratio:g}"
     if (folder / "done.json").exists():
         info = json.loads((folder / "done.json").read_text())
         return {s: FeatureSet.load(folder / f"{s}.pt") for s in SPLITS}, info

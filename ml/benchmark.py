@@ -41,7 +41,7 @@ from ml.metrics import RECALL_AT, chance_metrics, retrieval_metrics, retrieval_m
 from ml.mqmc import MQMCConfig
 from ml.ontology import load_ontology
 from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, \
-    shortcut_instance, train
+    shortcut_instance, train_once
 
 
 @dataclass(frozen=True)
@@ -162,16 +162,7 @@ def run_variant(name: str, variant: Variant, splits: dict[str, FeatureSet], cfg:
     """Train one row, test its best validation epoch; returns its results."""
     data = {s: keep_modality(d, variant.modality) for s, d in splits.items()}
     train_cfg = cfg.train_config(variant, data["train"])
-    done = out_dir / "done.json"
-    if done.exists() and train_cfg.same_run(json.loads(done.read_text())["config"]):  # a finished identical run
-        history = json.loads((out_dir / "history.json").read_text())
-        train_s = json.loads(done.read_text())["train_s"]
-    else:
-        done.unlink(missing_ok=True)  # the folder is being rewritten: an interrupted run must not look finished
-        start = time.monotonic()
-        _, history = train(train_cfg, data["train"], data["val"], out_dir=out_dir)
-        train_s = time.monotonic() - start
-        done.write_text(json.dumps({"config": train_cfg.to_dict(), "train_s": train_s}))
+    history, train_s = train_once(train_cfg, data["train"], data["val"], out_dir)
     start = time.monotonic()
     model, _ = load_checkpoint(out_dir / "best.pt", device=cfg.device)
     test = data["test"]

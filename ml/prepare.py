@@ -88,6 +88,11 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def features_key(manifest, recipe: FeatureRecipe, splits: list[str]) -> str:
+    """The cache key of `prepare_features`' output; derived caches (ml.ablation) extend it."""
+    return cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=list(splits))
+
+
 def decode_cached(manifest, videos, frames_per_video: int, frame_size: int, cache_dir: Path | None,
                   progress: bool) -> dict[str, np.ndarray]:
     """`decode_videos`, kept as one uint8 array [N, T, S, S, 3] in ``cache_dir`` when given."""
@@ -113,7 +118,7 @@ def prepare_features(manifest, splits: list[str], recipe: FeatureRecipe, *, cach
     if "train" not in splits:
         raise ValueError("the image tower trains on the train split: include it in splits")
     cache_dir = Path(cache_dir) if cache_dir is not None else None
-    cache = cache_dir / cache_key(generator=manifest.generator, recipe=asdict(recipe), splits=splits) if cache_dir else None
+    cache = cache_dir / features_key(manifest, recipe, splits) if cache_dir else None
     if cache is not None and (cache / "prepared.json").exists():
         info = json.loads((cache / "prepared.json").read_text())
         return PreparedFeatures(encoder=load_encoder(cache / "encoder.pt"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -295,6 +296,21 @@ def train(
             torch.save(state | {"optimizer": optimizer.state_dict(), "rng": _rng_states(shuffle), "history": history}, out / "last.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1))
     return model, history
+
+
+def train_once(cfg: TrainConfig, train_set: FeatureSet, val_set: FeatureSet | None, out_dir: str | Path) -> tuple[dict, float]:
+    """`train` into ``out_dir`` unless it holds a finished run of the same config; returns (history,
+    training seconds of the run that made it). ``done.json`` marks a finished run."""
+    out = Path(out_dir)
+    done = out / "done.json"
+    if done.exists() and cfg.same_run(json.loads(done.read_text())["config"]):
+        return json.loads((out / "history.json").read_text()), json.loads(done.read_text())["train_s"]
+    done.unlink(missing_ok=True)  # the folder is being rewritten: an interrupted run must not look finished
+    start = time.monotonic()
+    _, history = train(cfg, train_set, val_set, out_dir=out)
+    seconds = time.monotonic() - start
+    done.write_text(json.dumps({"config": cfg.to_dict(), "train_s": seconds}))
+    return history, seconds
 
 
 def shortcut_instance(cfg: InstanceConfig) -> InstanceConfig:

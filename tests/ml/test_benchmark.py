@@ -87,7 +87,7 @@ def test_rerun_into_the_same_folder_trains_only_changed_rows(tiny_data, report, 
 def test_an_interrupted_retrain_is_not_taken_for_a_finished_run(tiny_data, report, tmp_path, monkeypatch):
     import shutil
 
-    import ml.benchmark
+    import ml.train_instance
 
     out = tmp_path / "report"
     shutil.copytree(report, out)
@@ -95,7 +95,7 @@ def test_an_interrupted_retrain_is_not_taken_for_a_finished_run(tiny_data, repor
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ml.benchmark, "train", killed)
+    monkeypatch.setattr(ml.train_instance, "train", killed)
     with pytest.raises(KeyboardInterrupt):
         main(["--data", str(tiny_data), "--out", str(out), "--methods", "infonce", *FAST[:-1], "--seed", "1",
               "--no-progress"])
