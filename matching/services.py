@@ -36,6 +36,10 @@ class NotIndexed(ValueError):
     """Raised when a lookup needs an embedding that does not exist yet."""
 
 
+class TextSearchUnavailable(RuntimeError):
+    """Raised when the active model has no text query head (a bundle built without one)."""
+
+
 # --- models and indexes ---------------------------------------------------------------------
 
 def active_model_version() -> ModelVersion:
@@ -264,7 +268,10 @@ def search_text(query: str, k: int, category: Category | None = None) -> TextSea
     if not query:
         raise ValueError("the query is empty")
     version = active_model_version()
-    vector = get_bundle(version).embed_text_queries([query])
+    bundle = get_bundle(version)
+    if bundle.text_query is None:
+        raise TextSearchUnavailable(f"model {version.name} has no text query head: rebuild or register one with it")
+    vector = bundle.embed_text_queries([query])
     found = {}
     for model, index in ((Product, product_index), (MicroVideo, video_index)):
         hits = index(version).search(vector, k, **_filter(category))[0]

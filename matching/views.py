@@ -69,7 +69,7 @@ class TextSearchView(APIView):
         query, k = params.validated_data["q"], params.validated_data["k"]
         try:
             result = services.search_text(query, k, params.validated_data.get("category"))
-        except services.NoActiveModel as exc:
+        except (services.NoActiveModel, services.TextSearchUnavailable) as exc:  # the server's state, not the query
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         except ValueError as exc:
             raise ValidationError({"q": [str(exc)]})

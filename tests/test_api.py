@@ -215,3 +215,17 @@ def test_openapi_schema_lists_endpoints(api):
     assert r.status_code == 200
     text = r.content.decode()
     assert "/api/videos/{id}/suggestions/" in text and "/api/products/{id}/videos/" in text
+
+
+def test_text_search_needs_a_query_and_a_model_that_can_serve_it(api, monkeypatch):
+    from types import SimpleNamespace
+
+    from matching import services
+    from matching.models import ModelVersion
+
+    assert api.get("/api/search/", {"q": " "}).status_code == 400
+    assert api.get("/api/search/", {"q": "red bag"}).status_code == 503  # no active model
+    ModelVersion.objects.create(name="old", bundle_path="/nowhere", embed_dim=8, is_active=True)
+    monkeypatch.setattr(services, "get_bundle", lambda version: SimpleNamespace(text_query=None))
+    r = api.get("/api/search/", {"q": "red bag"})
+    assert r.status_code == 503 and "no text query head" in r.json()["detail"]
