@@ -8,15 +8,26 @@ from matching import services
 
 log = logging.getLogger(__name__)
 
-def thumbnail(url: str | None, size: int = 96) -> str:
+def thumbnail(url: str | None, size: int = 96, style: str = "", title: str = "") -> str:
     if not url:
         return "—"
-    return format_html('<img src="{}" style="width:{}px;height:{}px;object-fit:cover;border-radius:4px">', url, size, size)
+    return format_html('<img src="{}" title="{}" style="width:{}px;height:{}px;object-fit:cover;border-radius:4px;{}">',
+                       url, title, size, size, style)
 
 
-def keyframe_strip(video, size: int = 64) -> str:
-    """The video's sampled keyframes in one row, in time order."""
-    frames = format_html_join("", "{}", ((thumbnail(kf.image.url, size),) for kf in video.keyframes.all()))
+def keyframe_strip(video, size: int = 64, driving: int | None = None) -> str:
+    """The video's sampled keyframes in one row, in time order. Frames the stored embedding does not pool
+    (not salient) are faded; ``driving``, the frame that drove a match, is outlined."""
+
+    def frame(kf) -> str:
+        style = "" if kf.salient else "opacity:.35;"
+        title = f"frame {kf.position} at {kf.timestamp:.1f} s" + ("" if kf.salient else " (not salient)")
+        if kf.position == driving:
+            style += "outline:3px solid #e8590c;outline-offset:-3px;"
+            title += ": drove this match"
+        return thumbnail(kf.image.url, size, style, title)
+
+    frames = format_html_join("", "{}", ((frame(kf),) for kf in video.keyframes.all()))
     return format_html('<div style="display:flex;gap:2px;flex-wrap:nowrap">{}</div>', frames) if frames else "—"
 
 

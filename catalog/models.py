@@ -75,6 +75,9 @@ class Product(models.Model):
     model_version = models.ForeignKey(
         "matching.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    detail = models.BinaryField(null=True, editable=False,
+                                help_text="Word and photo features the second stage reads (ml.two_stage.ProductDetail), "
+                                          "made by model_version.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)

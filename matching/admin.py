@@ -15,7 +15,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 class KeyframeInline(admin.TabularInline):
     model = Keyframe
     extra = 0
-    fields = ["preview", "position", "timestamp"]
+    fields = ["preview", "position", "timestamp", "salient"]
     readonly_fields = fields
     can_delete = False
 
@@ -26,20 +26,28 @@ class KeyframeInline(admin.TabularInline):
 
 @admin.register(MicroVideo)
 class MicroVideoAdmin(TextSearchMixin, admin.ModelAdmin):
-    list_display = ["id", "frames", "caption_short", "publisher", "status", "error", "duration", "created_at"]
+    list_display = ["id", "frames", "caption_short", "predicted", "publisher", "status", "error", "duration",
+                    "created_at"]
     list_filter = ["status", "model_version"]
     search_fields = ["caption", "original_filename"]
     readonly_fields = ["sha256", "size_bytes", "duration", "width", "height", "status", "error", "model_version",
-                       "indexed_at"]
+                       "predicted_category", "predicted_confidence", "indexed_at"]
     inlines = [KeyframeInline]
     actions = ["reindex"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("publisher").prefetch_related("keyframes")
+        return (super().get_queryset(request).select_related("publisher", "predicted_category")
+                .prefetch_related("keyframes"))
 
     @admin.display(description="keyframes")
     def frames(self, obj):
         return keyframe_strip(obj, 40)
+
+    @admin.display(description="predicted category", ordering="predicted_category__path")
+    def predicted(self, obj):
+        if obj.predicted_category is None:
+            return "—"
+        return f"{obj.predicted_category.path} ({100 * obj.predicted_confidence:.0f} %)"
 
     @admin.display(description="caption")
     def caption_short(self, obj):
@@ -78,10 +86,10 @@ class MatchAdmin(admin.ModelAdmin):
     list_filter = ["status", "direction", ScoreFilter, category_filter(0, "product__category__parent__parent"),
                    category_filter(1, "product__category__parent"), "model_version"]
     search_fields = ["product__title", "video__caption"]
-    readonly_fields = ["video", "product", "direction", "score", "rank", "model_version", "status", "reviewed_by",
-                       "reviewed_at", "side_by_side"]
-    fields = ["side_by_side", "video", "product", "direction", "score", "rank", "model_version", "status",
-              "reviewed_by", "reviewed_at"]
+    readonly_fields = ["video", "product", "direction", "score", "index_score", "frame_position", "rank",
+                       "model_version", "status", "reviewed_by", "reviewed_at", "side_by_side"]
+    fields = ["side_by_side", "video", "product", "direction", "score", "index_score", "frame_position", "rank",
+              "model_version", "status", "reviewed_by", "reviewed_at"]
     actions = ["approve", "reject"]
     list_per_page = 25
 
@@ -95,7 +103,7 @@ class MatchAdmin(admin.ModelAdmin):
 
     @admin.display(description="video keyframes")
     def video_frames(self, obj):
-        return keyframe_strip(obj.video, 48)
+        return keyframe_strip(obj.video, 48, obj.frame_position)
 
     @admin.display(description="product photo")
     def product_photo(self, obj):
@@ -119,7 +127,7 @@ class MatchAdmin(admin.ModelAdmin):
         image = next(iter(obj.product.images.all()), None)
         return format_html('<div style="display:flex;gap:24px;align-items:flex-start">'
                            '<div><b>video {}</b><br>{}<p>{}</p></div><div><b>{}</b><br>{}</div></div>',
-                           obj.video_id, keyframe_strip(obj.video, 128), obj.video.caption,
+                           obj.video_id, keyframe_strip(obj.video, 128, obj.frame_position), obj.video.caption,
                            obj.product.title, thumbnail(image.image.url if image else None, 256))
 
     @admin.action(description="Approve selected matches")

@@ -42,7 +42,15 @@ class MicroVideo(models.Model):
         Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="videos",
         help_text="Optional category hint from the publisher.",
     )
+    predicted_category = models.ForeignKey(
+        Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Most likely lower category, predicted by the model from frames and caption.",
+    )
+    predicted_confidence = models.FloatField(null=True, blank=True)
     model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    detail = models.BinaryField(null=True, editable=False,
+                                help_text="Frame features the second stage reads (ml.two_stage.VideoDetail), "
+                                          "made by model_version.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
@@ -60,6 +68,7 @@ class Keyframe(models.Model):
     position = models.PositiveSmallIntegerField()
     timestamp = models.FloatField()
     image = models.ImageField(upload_to="keyframes/%Y/%m/")
+    salient = models.BooleanField(default=True, help_text="Pooled into the video's stored embedding (salient frame).")
 
     class Meta:
         ordering = ["video", "position"]
@@ -79,7 +88,11 @@ class Match(models.Model):
     video = models.ForeignKey(MicroVideo, on_delete=models.CASCADE, related_name="matches")
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="matches")
     direction = models.CharField(max_length=3, choices=Direction.choices)
-    score = models.FloatField(help_text="Cosine similarity of the two instance embeddings.")
+    score = models.FloatField(help_text="Ranking score: the index cosine plus re-ranking and category boost where on.")
+    index_score = models.FloatField(null=True, blank=True,
+                                    help_text="Cosine similarity of the two instance embeddings (first stage).")
+    frame_position = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Keyframe that drove the match (highest re-ranking weight, or most salient).")
     rank = models.PositiveSmallIntegerField(help_text="1 = best, within the query's list.")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="matches")
     status = models.CharField(max_length=10, choices=Review.choices, default=Review.PENDING)

@@ -8,20 +8,22 @@ from matching.models import Keyframe, Match, MicroVideo
 class KeyframeSerializer(serializers.ModelSerializer):
     class Meta:
         model = Keyframe
-        fields = ["position", "timestamp", "image"]
+        fields = ["position", "timestamp", "image", "salient"]
 
 
 class MicroVideoSerializer(serializers.ModelSerializer):
     category = CategoryField(required=False, allow_null=True, help_text="Optional category hint.")
     keyframes = KeyframeSerializer(many=True, read_only=True)
     model_version = serializers.StringRelatedField()
+    predicted_category = serializers.SlugRelatedField(slug_field="path", read_only=True,
+                                                      help_text="Category the model predicts from frames and caption.")
 
     class Meta:
         model = MicroVideo
-        fields = ["id", "file", "caption", "category", "status", "error", "duration", "width", "height",
-                  "size_bytes", "keyframes", "model_version", "created_at", "indexed_at"]
+        fields = ["id", "file", "caption", "category", "predicted_category", "predicted_confidence", "status", "error",
+                  "duration", "width", "height", "size_bytes", "keyframes", "model_version", "created_at", "indexed_at"]
         read_only_fields = ["status", "error", "duration", "width", "height", "size_bytes", "model_version",
-                            "created_at", "indexed_at"]
+                            "predicted_confidence", "created_at", "indexed_at"]
         extra_kwargs = {"caption": {"allow_blank": True, "required": False, "trim_whitespace": True}}
 
     def validate_caption(self, value: str) -> str:
@@ -48,7 +50,7 @@ class ProductHitSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Match
-        fields = ["rank", "score", "product", "status", "model_version"]
+        fields = ["rank", "score", "index_score", "frame_position", "product", "status", "model_version"]
 
     def get_product(self, match):
         return product_summary(match.product, self.context["request"])
@@ -61,7 +63,7 @@ class VideoHitSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Match
-        fields = ["rank", "score", "video", "status", "model_version"]
+        fields = ["rank", "score", "index_score", "frame_position", "video", "status", "model_version"]
 
     def get_video(self, match):
         return video_summary(match.video)

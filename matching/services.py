@@ -177,11 +177,15 @@ def ingest_video(video_id: int) -> str:
         video_index(version).delete([video.pk])  # a re-processed video that now fails must not stay findable
         _mark(video, IndexState.FAILED, str(exc))
         return video.status
-    vector = get_bundle(version).embed_videos([sampled.frames], [video.caption])[0]
-    video_index(version).upsert([video.pk], vector[None], *([i] for i in category_ids(video.category)))
+    bundle = get_bundle(version)
+    embedded = bundle.embed_videos([sampled.frames], [video.caption])
+    detail = embedded.details[0] if embedded.details else None
+    video_index(version).upsert([video.pk], embedded.vectors[:1], *([i] for i in category_ids(video.category)))
     with transaction.atomic():
-        _replace_keyframes(video, sampled.frames, sampled.timestamps)
+        _replace_keyframes(video, sampled.frames, sampled.timestamps, None if detail is None else detail.kept.tolist())
         video.duration, video.width, video.height = info.duration, info.width, info.height
+        video.detail = None if detail is None else detail.to_bytes()
+        video.predicted_category, video.predicted_confidence = _predicted_category(bundle, detail)
         video.model_version = version
         video.status, video.error, video.indexed_at = IndexState.INDEXED, "", timezone.now()
         video.save()
@@ -189,16 +193,25 @@ def ingest_video(video_id: int) -> str:
     return video.status
 
 
-def _replace_keyframes(video: MicroVideo, frames: np.ndarray, timestamps: list[float]) -> None:
+def _replace_keyframes(video: MicroVideo, frames: np.ndarray, timestamps: list[float],
+                       salient: list[bool] | None) -> None:
     for old in video.keyframes.all():
         old.image.delete(save=False)
     video.keyframes.all().delete()
     for position, (frame, ts) in enumerate(zip(frames, timestamps)):
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="JPEG", quality=85)
-        kf = Keyframe(video=video, position=position, timestamp=ts)
+        kf = Keyframe(video=video, position=position, timestamp=ts, salient=True if salient is None else salient[position])
         kf.image.save(f"v{video.pk}_{position}.jpg", ContentFile(buf.getvalue()), save=False)
         kf.save()
+
+
+def _predicted_category(bundle, detail) -> tuple[Category | None, float | None]:
+    predicted = bundle.two_stage.predicted_category(detail) if detail is not None else None
+    if predicted is None:
+        return None, None
+    index, probability = predicted
+    return Category.objects.filter(level=Category.Level.LOWER, level_index=index).first(), probability
 
 
 def ingest_product(product_id: int) -> str:
@@ -216,8 +229,9 @@ def ingest_product(product_id: int) -> str:
     if not photos:
         _mark(product, IndexState.FAILED, "product has no photo")
         return product.status
-    vector = get_bundle(version).embed_products([photos], [product.text])[0]
-    product_index(version).upsert([product.pk], vector[None], *([i] for i in category_ids(product.category)))
+    embedded = get_bundle(version).embed_products([photos], [product.text])
+    product_index(version).upsert([product.pk], embedded.vectors[:1], *([i] for i in category_ids(product.category)))
+    product.detail = embedded.details[0].to_bytes() if embedded.details else None
     product.model_version = version
     product.status, product.error, product.indexed_at = IndexState.INDEXED, "", timezone.now()
     product.save()
@@ -243,16 +257,68 @@ def suggest_videos(product: Product, k: int, category: Category | None = None) -
 
 
 def _lookup(obj, k: int, category: Category | None, direction: str) -> list[Match]:
-    """Search the other side's collection with obj's stored vector; record the ranked list."""
+    """Search the other side's collection with obj's stored vector (first stage), reorder the top
+    candidates with the model's second stage (ml.two_stage), record the ranked list."""
     version = _indexed_version(obj)
     from_video = direction == Match.Direction.VIDEO_TO_PRODUCT
     source, target = (video_index, product_index) if from_video else (product_index, video_index)
     vector = source(version).get([obj.pk]).get(obj.pk)
     if vector is None:
         raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
-    hits = target(version).search(vector[None], k, **_filter(category))[0]
-    pairs = [(obj.pk, h.id, h.score) if from_video else (h.id, obj.pk, h.score) for h in hits]
-    return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, pairs)
+    second = _second_stage(version, obj)
+    hits = target(version).search(vector[None], max(k, settings.MVMATCH_RERANK_TOP_N) if second else k,
+                                  **_filter(category))[0]
+    ranked = _rerank(second, obj, hits, from_video) if second and hits else None
+    if ranked is None:
+        ranked = [(h.id, h.score, h.score, None) for h in hits]
+    rows = [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
+            for cid, score, first, frame in ranked[:k]]
+    return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, rows)
+
+
+def _second_stage(version: ModelVersion, obj):
+    """The version's second stage, if it has one, it is switched on and obj has its stored features."""
+    if not settings.MVMATCH_RERANK_TOP_N or obj.detail is None:
+        return None
+    return get_bundle(version).two_stage
+
+
+def _rerank(second, obj, hits, from_video: bool) -> list[tuple[int, float, float, int | None]] | None:
+    """(candidate id, final score, index score, driving frame) best first; None if a candidate lacks
+    its stored features (indexed by a build without a second stage): index order then."""
+    import torch
+
+    from ml.two_stage import ProductDetail, VideoDetail
+
+    ids = [h.id for h in hits]
+    model = Product if from_video else MicroVideo
+    rows = model.objects.filter(pk__in=ids).select_related(*(["category__parent__parent"] if from_video else []))
+    found = {row.pk: row for row in rows}
+    hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
+    if not hits or any(found[h.id].detail is None for h in hits):
+        return None
+    first = torch.tensor([h.score for h in hits])
+    if from_video:
+        products = [found[h.id] for h in hits]
+        ranked = second.rank_products(VideoDetail.from_bytes(obj.detail),
+                                      [ProductDetail.from_bytes(p.detail) for p in products],
+                                      torch.tensor([category_levels(p.category) for p in products]), first)
+    else:
+        ranked = second.rank_videos(ProductDetail.from_bytes(obj.detail),
+                                    [VideoDetail.from_bytes(found[h.id].detail) for h in hits], first,
+                                    torch.tensor([category_levels(obj.category)]))
+    frame = ranked.frame
+    return [(hits[i].id, float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
+            for i in ranked.order.tolist()]
+
+
+def category_levels(category: Category | None) -> tuple[int, int, int]:
+    """(upper, middle, lower) positions of a category's path in its levels (the model's class indices); -1 unknown."""
+    out = [-1, -1, -1]
+    while category is not None:
+        out[category.level] = category.level_index
+        category = category.parent
+    return tuple(out)
 
 
 @dataclass
@@ -272,12 +338,29 @@ def search_text(query: str, k: int, category: Category | None = None) -> TextSea
     if bundle.text_query is None:
         raise TextSearchUnavailable(f"model {version.name} has no text query head: rebuild or register one with it")
     vector = bundle.embed_text_queries([query])
+    second = bundle.two_stage if settings.MVMATCH_RERANK_TOP_N else None
     found = {}
     for model, index in ((Product, product_index), (MicroVideo, video_index)):
-        hits = index(version).search(vector, k, **_filter(category))[0]
+        rerank = model is MicroVideo and second is not None  # the re-ranking head scores videos against text
+        hits = index(version).search(vector, max(k, settings.MVMATCH_RERANK_TOP_N) if rerank else k,
+                                     **_filter(category))[0]
         live = model.objects.in_bulk([h.id for h in hits])  # the index may name rows deleted since
-        found[model] = [(live[h.id], h.score) for h in hits if h.id in live]
+        hits = [h for h in hits if h.id in live]
+        if rerank and hits and all(live[h.id].detail is not None for h in hits):
+            found[model] = _rerank_text(second, bundle.describe_text_query(query), hits, live)[:k]
+        else:
+            found[model] = [(live[h.id], h.score) for h in hits[:k]]
     return TextSearchResult(found[Product], found[MicroVideo])
+
+
+def _rerank_text(second, query, hits, live) -> list[tuple[MicroVideo, float]]:
+    import torch
+
+    from ml.two_stage import VideoDetail
+
+    ranked = second.rank_videos(query, [VideoDetail.from_bytes(live[h.id].detail) for h in hits],
+                                torch.tensor([h.score for h in hits]))
+    return [(live[hits[i].id], float(ranked.score[i])) for i in ranked.order.tolist()]
 
 
 def _indexed_version(obj) -> ModelVersion:
@@ -293,17 +376,19 @@ def _filter(category: Category | None) -> dict:
 
 
 @transaction.atomic
-def _record(direction: str, version: ModelVersion, anchor: dict, pairs: list[tuple[int, int, float]]) -> list[Match]:
-    """Upsert the ranked list of one query; reviewed decisions are kept, pending rows that fell out are removed."""
+def _record(direction: str, version: ModelVersion, anchor: dict,
+            rows: list[tuple[int, int, float, float, int | None]]) -> list[Match]:
+    """Upsert the ranked list of one query, rows = (video, product, score, index score, driving frame);
+    reviewed decisions are kept, pending rows that fell out are removed."""
     # Ids from the index may name rows deleted since; keep only live ones.
-    live_videos = set(MicroVideo.objects.filter(pk__in={v for v, _, _ in pairs}).values_list("pk", flat=True))
-    live_products = set(Product.objects.filter(pk__in={p for _, p, _ in pairs}).values_list("pk", flat=True))
-    pairs = [(v, p, s) for v, p, s in pairs if v in live_videos and p in live_products]
+    live_videos = set(MicroVideo.objects.filter(pk__in={r[0] for r in rows}).values_list("pk", flat=True))
+    live_products = set(Product.objects.filter(pk__in={r[1] for r in rows}).values_list("pk", flat=True))
+    rows = [r for r in rows if r[0] in live_videos and r[1] in live_products]
     matches = []
-    for rank, (video_id, product_id, score) in enumerate(pairs, start=1):
+    for rank, (video_id, product_id, score, index_score, frame) in enumerate(rows, start=1):
         match, _ = Match.objects.update_or_create(
             video_id=video_id, product_id=product_id, direction=direction, model_version=version,
-            defaults={"score": float(score), "rank": rank},
+            defaults={"score": float(score), "index_score": float(index_score), "frame_position": frame, "rank": rank},
         )
         matches.append(match)
     Match.objects.filter(**anchor, direction=direction, model_version=version,

@@ -69,9 +69,10 @@ class AblationConfig:
     boost_grid: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
     filter_grid: tuple[int, ...] = (1, 2, 3, 5, 10)
     caption_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-    # The configuration proposed as the product default: a stage-1 row and second-stage parts in order.
-    default_stage: str = "mean"
-    default_parts: tuple[str, ...] = ("caption", "category-boost", "rerank-photo")
+    # The product's default (ml.build, matching.services): a stage-1 row and second-stage parts in order.
+    # Re-ranking first: in the product its candidates are the vector index's top N of stage 1.
+    default_stage: str = "salient"
+    default_parts: tuple[str, ...] = ("rerank-photo", "category-boost")
     default_rerank_n: int = 50
 
 
@@ -447,7 +448,7 @@ class Ablation:
                  "rerank-text": f"re-rank top {c.default_rerank_n} (text grains)"}
         chosen = [parts[p] for p in c.default_parts]
         self.rows["default"] = {
-            "label": f"**proposed default**: {self.rows[c.default_stage]['label']} + "
+            "label": f"**product default**: {self.rows[c.default_stage]['label']} + "
                      + " + ".join(names[p] for p in c.default_parts),
             "train_s": self.rows[c.default_stage]["train_s"], **self.second_stage(self.stages[c.default_stage], chosen)}
 
@@ -571,8 +572,9 @@ Machine: {setup['machine']}
 Every stage-1 row is the benchmark's row "{VARIANTS[cfg.base].label}" (prototypes: without the
 feature shortcut, which they do not combine with) with its settings (`ml.benchmark`: Adam lr {b.lr}, batch
 {b.batch_size}, {b.epochs} epochs, K = {b.queue_size} keys per queue, seed {b.seed}), best validation epoch,
-changed in one respect. "+" rows act on the scores of the first row (mean pooling); their weights
-were tuned on the validation split. Test split = the whole gallery. R@K in %, MdR = median rank.
+changed in one respect. "+" rows act on the scores of the first row (mean pooling); the product-default
+row acts on the scores of its own stage-1 row, in the order the product applies its parts (`ml.build`,
+`matching.services`). Weights were tuned on the validation split. Test split = the whole gallery. R@K in %, MdR = median rank.
 Text queries: one per test product, ranked against all test videos, through a text-query head
 trained on the train split against each row's own embeddings (`ml.text_search`).
 
@@ -603,6 +605,7 @@ SWITCHES = """## The parts as configuration
 | single-frame / sparse training | `TrainConfig(train_frames=1 or k)`; frame ensemble: `frame_ensemble_embeddings` | `ml.frame_sampling` |
 | salient frames | `fit_salient_selector(...)`, `SalientConfig(keep, caption_weight)`; `selector.select(frames, mask, caption)` -> kept-frame mask | `ml.salient` |
 | patch dropout | `train_tower(..., patch_dropout=0.5)` | `ml.train_tower` |
+| product default | `ml.build` flags `--salient-frames`, `--rerank-top-n`, `--category-head`; serving: `MVMATCH_RERANK_TOP_N` (0 = index order) | `ml.two_stage` |
 | re-ranking | `Reranker(head, weight, top_n).rerank(query, candidates, first_stage)`; store `prepare_videos` / `prepare_products` outputs (float16); word features from `Encoder.encode_text_tokens` | `ml.rerank` |
 | caption branch | `score + weight * caption_scores(video_caption, query_text, has_caption)` | `ml.caption_branch` |
 | category | `fit_category_head`, `head.level_log_probs(...)`, `category_boost` / `category_filter` | `ml.category` |

@@ -1,5 +1,7 @@
 """Build a model bundle from scratch: generate training data, train the image tower, extract
-features, train the instance towers (MQMC by default), evaluate, fit the text query head, write the bundle.
+features, fit the salient-frame selector, train the instance towers (MQMC by default) on the
+salient frames, evaluate, fit the text query head, the re-ranking and category heads (weights tuned
+on validation), write the bundle.
 
     python -m ml.build var/models/demo --data-size demo-train --method mqmc
 
@@ -21,7 +23,12 @@ from ml.datagen import SIZES, DatasetConfig, generate_dataset
 from ml.fusion import InstanceConfig
 from ml.prepare import FeatureRecipe, prepare_features
 from ml.text_search import fit_split_query_head
-from ml.train_instance import TrainConfig, evaluate, load_checkpoint, shortcut_instance, train
+from ml.category import category_labels
+from ml.text_search import embed_queries
+from ml.texts import product_text
+from ml.train_instance import TrainConfig, embed_products, embed_videos, evaluate, load_checkpoint, \
+    shortcut_instance, train
+from ml.two_stage import SplitInputs, TwoStage, TwoStageConfig, fit_two_stage
 
 # Training data for the demo model: every middle category, products never in the demo catalogue
 # (another seed), one video per product.
@@ -46,6 +53,12 @@ class BuildConfig:
     # Instance towers learn a correction on top of the encoders' own similarity (ml.fusion): with a
     # few hundred training products, towers from scratch fall far below the raw features.
     feature_shortcut: bool = True
+    # The second stage (ml.two_stage), measured in docs/ablation.md: the stored embedding pools the salient
+    # frames; the index's top N are re-ranked by the multi-grained head (0: off) and boosted by the
+    # predicted category.
+    salient_frames: bool = True
+    rerank_top_n: int = 50
+    category_head: bool = True
     epochs: int = 30
     batch_size: int = 64
     queue_size: int = 64
@@ -53,6 +66,12 @@ class BuildConfig:
     lr: float = 1e-3
     workers: int = 2
     progress: bool = True
+
+    def two_stage(self) -> TwoStageConfig:
+        default = TwoStageConfig()
+        return replace(default, salient=default.salient if self.salient_frames else None,
+                       rerank=default.rerank if self.rerank_top_n else None, top_n=self.rerank_top_n or default.top_n,
+                       category=default.category if self.category_head else None)
 
 
 def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = None) -> dict:
@@ -74,22 +93,31 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     timings |= prepared.timings
 
     t = time.monotonic()
+    two_stage = TwoStage(encoder.embed_dim, encoder.embed_dim, cfg.two_stage())
+    two_stage.fit_selector(features["train"])
+    pooled = {s: two_stage.salient_only(features[s]) for s in splits}  # what the stored embeddings pool
     instance = InstanceConfig(visual_dim=encoder.embed_dim, text_dim=encoder.embed_dim)
     instance = shortcut_instance(instance) if cfg.feature_shortcut else instance
     train_cfg = TrainConfig(method=cfg.method, instance=instance,
                             lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                             progress=cfg.progress)
     train_cfg.mqmc = replace(train_cfg.mqmc, queue_size=cfg.queue_size)
-    model, history = train(train_cfg, features["train"], features.get("val"), out_dir=work / "instance")
+    model, history = train(train_cfg, pooled["train"], pooled.get("val"), out_dir=work / "instance")
     timings["instance_s"] = time.monotonic() - t
 
     best = work / "instance" / "best.pt"
     if best.exists():  # the bundle ships the best validation epoch: report its metrics
         model, _ = load_checkpoint(best)
-    metrics = {s: evaluate(model, features[s]) for s in splits}
+    metrics = {s: evaluate(model, pooled[s]) for s in splits}
     t = time.monotonic()
-    text_query, _ = fit_split_query_head(encoder, model, manifest, features["train"])
+    text_query, _ = fit_split_query_head(encoder, model, manifest, pooled["train"])
     timings["text_query_s"] = time.monotonic() - t
+    t = time.monotonic()
+    second_stage = {}
+    if "val" in splits:
+        inputs = {s: split_inputs(encoder, manifest, features[s], pooled[s], model, text_query) for s in splits}
+        second_stage = fit_two_stage(two_stage, inputs["train"], inputs["val"])
+    timings["two_stage_s"] = time.monotonic() - t
     meta = {
         "name": cfg.name,
         "embed_dim": train_cfg.instance.proj_dim,
@@ -100,12 +128,27 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
         "data": {"size": data_cfg.name, "seed": cfg.seed, **{s: len(manifest.videos_in(s)) for s in splits}},
         "tower_loss": {"first": prepared.tower_loss[0], "last": prepared.tower_loss[-1]},
         "metrics": metrics,
+        "second_stage": second_stage,  # validation: first stage vs after re-ranking + boost, tuned weights
         "timings": {k: round(v, 1) for k, v in {**timings, "total_s": time.monotonic() - t0}.items()},
     }
-    ModelBundle.write(out_dir, encoder, best if best.exists() else work / "instance" / "last.pt", meta, text_query)
+    ModelBundle.write(out_dir, encoder, best if best.exists() else work / "instance" / "last.pt", meta, text_query,
+                      two_stage)
     (out_dir / "history.json").write_text(json.dumps(
         {"tower_loss": prepared.tower_loss, "instance": history}, default=float))
     return meta
+
+
+def split_inputs(encoder, manifest, data, pooled, model, text_query) -> SplitInputs:
+    """One split of the build's data as `fit_two_stage` reads it."""
+    products = [manifest.product(sku) for sku in data.product_ids]
+    words, word_mask = encoder.encode_text_tokens([product_text(p.title, p.description) for p in products])
+    return SplitInputs(
+        data=data, words=words, word_mask=word_mask, labels=category_labels([p.category_path for p in products]),
+        video_emb=torch.from_numpy(embed_videos(model, pooled.video_frames, pooled.video_caption,
+                                                pooled.video_frame_mask)),
+        product_emb=torch.from_numpy(embed_products(model, data.product_images, data.product_text,
+                                                    data.product_image_mask)),
+        query_emb=torch.from_numpy(embed_queries(text_query, data.product_text)))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...]) -> None:

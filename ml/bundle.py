@@ -5,6 +5,7 @@
       encoder.pt     open_clip image + text towers (ml.encoders checkpoint)
       instance.pt    instance towers trained with MQMC or a baseline (ml.train_instance checkpoint)
       text_query.pt  optional: text query head into the same space (ml.text_search), for text search
+      two_stage.pt   optional: salient frames, category head, re-ranking head and their weights (ml.two_stage)
 
 The database's ModelVersion points at a bundle directory; every vector in the index names it.
 """
@@ -14,6 +15,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from ml.encoders import Encoder, load_encoder
 from ml.features import FRAMES_PER_VIDEO, product_features, video_features
 from ml.text_search import TextQueryHead
 from ml.train_instance import embed_products, embed_videos, load_checkpoint
+from ml.two_stage import ProductDetail, TwoStage
 
 META_FILE = "bundle.json"
 
@@ -37,12 +40,19 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
+class Embedded(NamedTuple):
+    vectors: np.ndarray  # [N, D] unit vectors for the index
+    details: list | None  # per item a VideoDetail / ProductDetail for the second stage; None without one
+
+
 class ModelBundle:
-    def __init__(self, encoder: Encoder, instance: torch.nn.Module, meta: dict, text_query: TextQueryHead | None = None):
+    def __init__(self, encoder: Encoder, instance: torch.nn.Module, meta: dict, text_query: TextQueryHead | None = None,
+                 two_stage: TwoStage | None = None):
         self.encoder = encoder
         self.instance = instance.eval()
         self.meta = meta
         self.text_query = text_query
+        self.two_stage = two_stage
 
     @property
     def embed_dim(self) -> int:
@@ -59,31 +69,49 @@ class ModelBundle:
         encoder = load_encoder(path / "encoder.pt", device=device)
         instance, _ = load_checkpoint(path / "instance.pt", device=device)
         text_query = TextQueryHead.load(path / "text_query.pt") if (path / "text_query.pt").exists() else None
-        return cls(encoder, instance, meta, text_query)
+        two_stage = TwoStage.load(path / "two_stage.pt") if (path / "two_stage.pt").exists() else None
+        return cls(encoder, instance, meta, text_query, two_stage)
 
     @staticmethod
     def write(path: str | Path, encoder: Encoder, instance_checkpoint: str | Path, meta: dict,
-              text_query: TextQueryHead | None = None) -> Path:
+              text_query: TextQueryHead | None = None, two_stage: TwoStage | None = None) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         encoder.save(path / "encoder.pt")
         shutil.copyfile(instance_checkpoint, path / "instance.pt")
         if text_query is not None:
             text_query.save(path / "text_query.pt")
+        if two_stage is not None:
+            two_stage.save(path / "two_stage.pt")
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         return path
 
     @torch.no_grad()
-    def embed_videos(self, frames: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
-        """Unit vectors [N, D] for videos given as uint8 frames [T, H, W, 3] and their captions."""
+    def embed_videos(self, frames: Sequence[np.ndarray], captions: Sequence[str]) -> Embedded:
+        """Videos given as uint8 frames [T, H, W, 3] and their captions; the vectors pool the salient frames."""
         feats, mask, text = video_features(self.encoder, frames, captions)
-        return embed_videos(self.instance, feats, text, mask)
+        if self.two_stage is None:
+            return Embedded(embed_videos(self.instance, feats, text, mask), None)
+        details = self.two_stage.describe_videos(feats, mask, text)
+        kept = torch.stack([d.kept for d in details])
+        return Embedded(embed_videos(self.instance, feats, text, kept), details)
 
     @torch.no_grad()
-    def embed_products(self, photos: Sequence[Sequence[np.ndarray]], texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors [N, D] for products given as lists of uint8 photos [H, W, 3] and their texts."""
+    def embed_products(self, photos: Sequence[Sequence[np.ndarray]], texts: Sequence[str]) -> Embedded:
+        """Products given as lists of uint8 photos [H, W, 3] and their texts (`ml.texts.product_text`)."""
         feats, mask, text = product_features(self.encoder, photos, texts)
-        return embed_products(self.instance, feats, text, mask)
+        vectors = embed_products(self.instance, feats, text, mask)
+        if self.two_stage is None:
+            return Embedded(vectors, None)
+        words, word_mask = self.encoder.encode_text_tokens(list(texts))
+        return Embedded(vectors, [ProductDetail(words[i][word_mask[i]], word_mask[i][word_mask[i]], text[i].half(),
+                                                feats[i][mask[i]].half(), mask[i][mask[i]]) for i in range(len(texts))])
+
+    @torch.no_grad()
+    def describe_text_query(self, query: str) -> ProductDetail:
+        """A text query as the re-ranking head reads it: its words and sentence, no photos."""
+        words, word_mask = self.encoder.encode_text_tokens([query])
+        return ProductDetail(words[0][word_mask[0]], word_mask[0][word_mask[0]], self.encoder.encode_texts([query])[0].half())
 
     @torch.no_grad()
     def embed_text_queries(self, queries: Sequence[str]) -> np.ndarray:

@@ -69,7 +69,10 @@ class CategoryHead(nn.Module):
 
     def level_log_probs(self, frames: Tensor, mask: Tensor, caption: Tensor) -> dict[str, Tensor]:
         """{"upper": [N, 6], "middle": [N, 30], "lower": [N, 312]} log-probabilities, consistent across levels."""
-        lower = torch.log_softmax(self(frames, mask, caption), dim=-1)
+        return self.levels(torch.log_softmax(self(frames, mask, caption), dim=-1))
+
+    def levels(self, lower: Tensor) -> dict[str, Tensor]:
+        """All three levels from lower-category log-probabilities [N, 312] (what serving stores per video)."""
         middle = _sum_children(lower, self.lower_to_middle, len(self.middle_to_upper))
         upper = _sum_children(middle, self.middle_to_upper, int(self.middle_to_upper.max()) + 1)
         return {"upper": upper, "middle": middle, "lower": lower}

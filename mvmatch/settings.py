@@ -141,6 +141,9 @@ MVMATCH_MAX_PHOTO_BYTES = env_int("MVMATCH_MAX_PHOTO_BYTES", 20 * 1024 * 1024)
 MVMATCH_FRAMES_PER_VIDEO = env_int("MVMATCH_FRAMES_PER_VIDEO", 8)
 MVMATCH_KEYFRAME_SIZE = env_int("MVMATCH_KEYFRAME_SIZE", 160)
 MVMATCH_SUGGESTIONS = env_int("MVMATCH_SUGGESTIONS", 10)
+# Two-stage retrieval: the index returns this many candidates and the model's second stage (ml.two_stage)
+# reorders them; 0 = index order only.
+MVMATCH_RERANK_TOP_N = env_int("MVMATCH_RERANK_TOP_N", 50)
 MVMATCH_VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv")
 
 LOGGING = {

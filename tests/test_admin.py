@@ -57,6 +57,22 @@ def test_changelist_shows_keyframes_and_photo_side_by_side(client, staff, matche
     assert "side by side" in detail.lower() and "my new bag" in detail
 
 
+def test_review_page_outlines_the_frame_that_drove_the_match_and_fades_unsalient_ones(client, staff, matches):
+    Keyframe.objects.filter(video=matches[0].video, position=0).update(salient=False)
+    Match.objects.filter(pk=matches[0].pk).update(frame_position=2, index_score=0.8)
+    video = matches[0].video
+    video.predicted_category = Category.objects.get(path="clothes/bags/backpack")
+    video.predicted_confidence = 0.73
+    video.save()
+    detail = client.get(f"/admin/matching/match/{matches[0].pk}/change/").content.decode()
+    assert detail.count("drove this match") == 1 and "frame 2 at 1.0 s: drove this match" in detail
+    assert detail.count("(not salient)") == 1 and "opacity:.35" in detail
+    other = client.get(f"/admin/matching/match/{matches[1].pk}/change/").content.decode()
+    assert "drove this match" not in other  # no frame recorded: nothing outlined
+    videos = client.get("/admin/matching/microvideo/").content.decode()
+    assert "clothes/bags/backpack (73 %)" in videos
+
+
 def test_bulk_approve_and_reject_record_who_and_when(client, staff, matches):
     good, bad = matches
     r = client.post("/admin/matching/match/", {"action": "approve", "_selected_action": [good.pk]}, follow=True)
@@ -86,8 +102,8 @@ def test_reviewed_match_keeps_its_decision_when_suggestions_refresh(staff, match
     from matching import services
 
     services.review(Match.objects.filter(pk=matches[0].pk), staff, Match.Review.APPROVED)
-    pairs = [(matches[0].video_id, m.product_id, 0.5) for m in matches[::-1]]
-    services._record(Match.Direction.VIDEO_TO_PRODUCT, matches[0].model_version, {"video_id": matches[0].video_id}, pairs)
+    rows = [(matches[0].video_id, m.product_id, 0.5, 0.4, None) for m in matches[::-1]]
+    services._record(Match.Direction.VIDEO_TO_PRODUCT, matches[0].model_version, {"video_id": matches[0].video_id}, rows)
     kept = Match.objects.get(pk=matches[0].pk)
     assert kept.status == "approved" and kept.rank == 2
 

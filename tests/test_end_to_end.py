@@ -107,11 +107,15 @@ def test_upload_to_suggestions_on_real_parts(stack, catalogue):
         done = stack.wait_status(f"/api/videos/{r.json()['id']}/")
         assert done["status"] == "indexed", done
         assert len(done["keyframes"]) == 8 and done["model_version"] == "e2e (active)"
+        # Second stage (ml.two_stage): the stored embedding pools the 3 salient frames; a category is predicted.
+        assert sum(kf["salient"] for kf in done["keyframes"]) == 3
+        assert done["predicted_category"].count("/") == 2 and 0 < done["predicted_confidence"] <= 1
         sugg = stack.get(f"/api/videos/{done['id']}/suggestions/?k=5")
         assert sugg.status_code == 200
         hits = sugg.json()
         assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1)) and len(hits) == 5
         assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
+        assert all(0 <= h["frame_position"] < 8 and -1 <= h["index_score"] <= 1 for h in hits)
         true_id = products[v.product_sku]["id"]
         ranks.append(next((h["rank"] for h in hits if h["product"]["id"] == true_id), None))
         # the other direction: the product finds this video among its placements

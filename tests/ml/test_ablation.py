@@ -35,4 +35,4 @@ def test_every_part_is_a_row_with_both_directions_text_queries_and_cost(tmp_path
     assert diag["patch_dropout"]["step_s_with"] > 0
 
     text = doc.read_text()
-    assert "python -m ml.ablation --data" in text and "Machine:" in text and "proposed default" in text
+    assert "python -m ml.ablation --data" in text and "Machine:" in text and "product default" in text

@@ -36,3 +36,9 @@ class Command(BaseCommand):
             f"model version {version} trained in {meta['timings']['total_s']:.0f} s; held-out R@1/R@10 "
             f"video->product {val['v2p_R@1']:.1f}/{val['v2p_R@10']:.1f}, "
             f"product->video {val['p2v_R@1']:.1f}/{val['p2v_R@10']:.1f}"))
+        second = meta.get("second_stage", {}).get("two_stage")
+        if second:
+            self.stdout.write(
+                f"with the second stage (re-ranking + category boost, weights {meta['second_stage']['weights']}): "
+                f"video->product {second['v2p_R@1']:.1f}/{second['v2p_R@10']:.1f}, "
+                f"product->video {second['p2v_R@1']:.1f}/{second['p2v_R@10']:.1f}")
