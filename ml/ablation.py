@@ -72,7 +72,7 @@ class AblationConfig:
     # The product's default (ml.build, matching.services): a stage-1 row and second-stage parts in order.
     # Re-ranking first: in the product its candidates are the vector index's top N of stage 1.
     default_stage: str = "salient"
-    default_parts: tuple[str, ...] = ("rerank-photo", "category-boost")
+    default_parts: tuple[str, ...] = ("rerank-photo", "caption", "category-boost")
     default_rerank_n: int = 50
 
 

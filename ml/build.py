@@ -115,7 +115,7 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     t = time.monotonic()
     second_stage = {}
     if "val" in splits:
-        inputs = {s: split_inputs(encoder, manifest, features[s], pooled[s], model, text_query) for s in splits}
+        inputs = {s: split_inputs(encoder, manifest, s, features[s], pooled[s], model, text_query) for s in splits}
         second_stage = fit_two_stage(two_stage, inputs["train"], inputs["val"])
     timings["two_stage_s"] = time.monotonic() - t
     meta = {
@@ -138,9 +138,10 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     return meta
 
 
-def split_inputs(encoder, manifest, data, pooled, model, text_query) -> SplitInputs:
+def split_inputs(encoder, manifest, split: str, data, pooled, model, text_query) -> SplitInputs:
     """One split of the build's data as `fit_two_stage` reads it."""
     products = [manifest.product(sku) for sku in data.product_ids]
+    captions = {v.key: v.caption for v in manifest.videos_in(split)}
     words, word_mask = encoder.encode_text_tokens([product_text(p.title, p.description) for p in products])
     return SplitInputs(
         data=data, words=words, word_mask=word_mask, labels=category_labels([p.category_path for p in products]),
@@ -148,6 +149,7 @@ def split_inputs(encoder, manifest, data, pooled, model, text_query) -> SplitInp
                                                 pooled.video_frame_mask)),
         product_emb=torch.from_numpy(embed_products(model, data.product_images, data.product_text,
                                                     data.product_image_mask)),
+        has_caption=torch.tensor([bool(captions[key].strip()) for key in data.video_ids]),
         query_emb=torch.from_numpy(embed_queries(text_query, data.product_text)))
 
 

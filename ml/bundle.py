@@ -92,7 +92,7 @@ class ModelBundle:
         feats, mask, text = video_features(self.encoder, frames, captions)
         if self.two_stage is None:
             return Embedded(embed_videos(self.instance, feats, text, mask), None)
-        details = self.two_stage.describe_videos(feats, mask, text)
+        details = self.two_stage.describe_videos(feats, mask, text, [bool(c.strip()) for c in captions])
         kept = torch.stack([d.kept for d in details])
         return Embedded(embed_videos(self.instance, feats, text, kept), details)
 

@@ -3,15 +3,16 @@
 - Indexing: salient frames (`ml.salient`) choose the frames a video's stored embedding pools;
   the category head (`ml.category`) predicts the video's category from frames + caption.
 - Querying: the index returns the top N by pooled embeddings; the multi-grained head
-  (`ml.rerank`) rescores them from frames, words and photos, and the predicted category boosts
-  products of likely categories:
+  (`ml.rerank`) rescores them from frames, words and photos, the caption branch (`ml.caption_branch`)
+  adds the match of the video's caption with the product's text (or the text query), and the
+  predicted category boosts products of likely categories:
 
-      score = index cosine + w_fine * fine + w_category * log p(product's category | video)
+      score = index cosine + w_fine * fine + w_caption * cos(caption, text) + w_category * log p(category | video)
 
   The frame with the highest AOSM weight is the frame that drove the match (the most salient
   frame when there is no re-ranking head).
 
-`fit_two_stage` trains the heads on the training split and tunes both weights on validation
+`fit_two_stage` trains the heads on the training split and tunes the weights on validation
 (0 is on the grid, so a part that does not help there is off). A model bundle stores it as
 ``two_stage.pt``. Per video / product, serving stores the encoder-level features the heads read:
 `VideoDetail` / `ProductDetail`, packed to bytes.
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ml.caption_branch import caption_scores
 from ml.category import LEVELS, CategoryConfig, CategoryHead, category_boost, fit_category_head
 from ml.metrics import RECALL_AT, score_metrics
 from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, VideoFine, fit_rerank_head, rerank_scores, \
@@ -40,6 +42,7 @@ class TwoStageConfig:
     rerank: RerankConfig | None = RerankConfig()  # None: index order (plus the category boost)
     top_n: int = 50  # candidates the index returns for re-ranking
     category: CategoryConfig | None = CategoryConfig()  # None: no prediction, no boost
+    caption_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # (0.0,): no caption branch
     boost_levels: tuple[str, ...] = ("middle", "lower")
     boost_grid: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 
@@ -61,13 +64,15 @@ def unpack(blob: bytes) -> dict[str, Tensor]:
 @dataclass
 class VideoDetail:
     """One video: frame features [T, D] (float16), valid frames [T], frames its embedding pooled [T],
-    their saliency [T] (None without a selector), lower-category log-probabilities (None without a head)."""
+    their saliency [T] (None without a selector), lower-category log-probabilities (None without a head),
+    caption feature [D] (None when the caption is empty)."""
 
     frames: Tensor
     frame_mask: Tensor
     kept: Tensor
     saliency: Tensor | None = None
     category: Tensor | None = None
+    caption: Tensor | None = None
 
     def to_bytes(self) -> bytes:
         return pack(asdict(self))
@@ -133,11 +138,13 @@ class TwoStage(nn.Module):
         self.selector = SalientFrameSelector(dim, cfg.salient) if cfg.salient else None
         self.rerank_head = MultiGrainedHead(dim, cfg.rerank) if cfg.rerank else None
         self.category_head = CategoryHead(dim, text_dim, cfg.category) if cfg.category else None
-        self.weights = {"rerank": 0.0, "rerank_text": 0.0, "boost_level": "middle", "boost": 0.0}
+        self.weights = {"rerank": 0.0, "rerank_text": 0.0, "caption": 0.0, "caption_text": 0.0,
+                        "boost_level": "middle", "boost": 0.0}
 
     # -- indexing --
     @torch.no_grad()
-    def describe_videos(self, frames: Tensor, mask: Tensor, caption: Tensor) -> list[VideoDetail]:
+    def describe_videos(self, frames: Tensor, mask: Tensor, caption: Tensor, has_caption: list[bool]
+                        ) -> list[VideoDetail]:
         """Per video what serving stores; ``kept`` is the mask the stored embedding pools."""
         kept, saliency, category = mask, None, None
         if self.selector is not None:
@@ -146,7 +153,8 @@ class TwoStage(nn.Module):
         if self.category_head is not None:
             category = torch.log_softmax(self.category_head(frames, mask, caption), dim=-1)
         return [VideoDetail(frames[i].half(), mask[i], kept[i], None if saliency is None else saliency[i],
-                            None if category is None else category[i].half()) for i in range(len(frames))]
+                            None if category is None else category[i].half(),
+                            caption[i].half() if has_caption[i] else None) for i in range(len(frames))]
 
     def predicted_category(self, detail: VideoDetail) -> tuple[int, float] | None:
         """(lower-category index, probability) of the video's most likely category."""
@@ -167,8 +175,13 @@ class TwoStage(nn.Module):
             fine, weight = head(head.prepare_videos(videos_fine([video])),
                                 head.prepare_products(products_fine(products)), pairwise=True)
             score, frame = score + self.weights["rerank"] * fine[0], weight[0].argmax(-1)
+        if video.caption is not None and self.weights["caption"] and products:
+            score = score + self.weights["caption"] * caption_scores(
+                video.caption[None], torch.stack([p.sentence for p in products]))[0]
         score = score + self._boost(None if video.category is None else video.category[None], product_levels)[0]
-        return Ranked(score.argsort(descending=True), score, frame if frame is not None else self._salient(video, len(score)))
+        if frame is None and (salient := _most_salient(video)) is not None:
+            frame = torch.full((len(score),), salient)
+        return Ranked(score.argsort(descending=True), score, frame)
 
     @torch.no_grad()
     def rank_videos(self, query: ProductDetail, videos: list[VideoDetail], first_stage: Tensor,
@@ -182,10 +195,15 @@ class TwoStage(nn.Module):
             fine, weight = head(head.prepare_videos(videos_fine(videos)), head.prepare_products(products_fine([query])),
                                 pairwise=True)
             score, frame = score + w * fine[:, 0], weight[:, 0].argmax(-1)
+        w = self.weights["caption_text" if text else "caption"]
+        if w and videos:
+            captions = torch.stack([v.caption if v.caption is not None else query.sentence.new_zeros(query.sentence.shape)
+                                    for v in videos])
+            score = score + w * caption_scores(captions, query.sentence[None])[:, 0]  # no caption: 0
         if product_levels is not None and all(v.category is not None for v in videos):
             score = score + self._boost(torch.stack([v.category for v in videos]), product_levels)[:, 0]
-        if frame is None:
-            frame = torch.stack([self._salient(v, 1)[0] for v in videos])
+        if frame is None and videos and all(v.saliency is not None for v in videos):
+            frame = torch.tensor([_most_salient(v) for v in videos])
         return Ranked(score.argsort(descending=True), score, frame)
 
     def _boost(self, video_log_probs: Tensor | None, product_levels: Tensor) -> Tensor:
@@ -202,11 +220,6 @@ class TwoStage(nn.Module):
                 out[:, p] = levels[LEVELS[known[-1]]][:, product_levels[p, known[-1]]]
         return self.weights["boost"] * out
 
-    @staticmethod
-    def _salient(video: VideoDetail, n: int) -> Tensor | None:
-        if video.saliency is None:
-            return None
-        return video.saliency.float().masked_fill(~video.frame_mask, float("-inf")).argmax().repeat(n)
 
     # -- persistence --
     def save(self, path: str | Path) -> None:
@@ -236,6 +249,13 @@ class TwoStage(nn.Module):
         return data if self.selector is None else filter_feature_set(self.selector, data)
 
 
+def _most_salient(video: VideoDetail) -> int | None:
+    """The frame that drives a match when there is no re-ranking head."""
+    if video.saliency is None:
+        return None
+    return int(video.saliency.float().masked_fill(~video.frame_mask, float("-inf")).argmax())
+
+
 @dataclass
 class SplitInputs:
     """One split for `fit_two_stage`: features with every frame, word tokens and category labels of
@@ -247,6 +267,7 @@ class SplitInputs:
     labels: Tensor  # [Np, 3] (upper, middle, lower) indices
     video_emb: Tensor
     product_emb: Tensor
+    has_caption: Tensor  # [Nv] bool
     query_emb: Tensor | None = None  # [Np, D] each product's text through the text-query head
 
     def videos_fine(self) -> VideoFine:
@@ -259,13 +280,18 @@ class SplitInputs:
 
 
 def fit_two_stage(two_stage: TwoStage, train: SplitInputs, val: SplitInputs) -> dict:
-    """Train the re-ranking and category heads on ``train``; tune the weights on ``val`` (re-ranking, then
-    the boost on the re-ranked scores, as `ml.ablation`'s product-default row). Returns validation metrics."""
+    """Train the re-ranking and category heads on ``train``; tune the weights on ``val``, each part given the
+    parts before it: re-ranking, caption branch, category boost (as `ml.ablation`'s product-default row).
+    Returns validation metrics before and after, and the weights."""
     cfg, report = two_stage.cfg, {}
     first = val.video_emb.float() @ val.product_emb.float().T
     v2p = p2v = first
     target = val.data.video_product
     report["first_stage"] = score_metrics(first, target)
+    text = None  # text queries (each product's text) -> videos, when the split has query vectors
+    if val.query_emb is not None:
+        text = val.video_emb.float() @ val.query_emb.float().T
+        report["text_first_stage"] = _t2v(text, target)
     if cfg.rerank is not None:
         head, _ = fit_rerank_head(train.videos_fine(), train.products_fine(cfg.rerank.photos), train.data.video_product,
                                   cfg.rerank)
@@ -276,13 +302,23 @@ def fit_two_stage(two_stage: TwoStage, train: SplitInputs, val: SplitInputs) -> 
         w = _best(cfg.rerank.weight_grid, lambda w: _mean_recall(*(rerank_scores(first, t, w) for t in tops), target))
         two_stage.weights["rerank"] = w
         v2p, p2v = (rerank_scores(first, t, w) for t in tops)
-        if val.query_emb is not None:
-            text = val.video_emb.float() @ val.query_emb.float().T
+        if text is not None:
             top = score_top_candidates(text, head, vf, val.products_fine(photos=False), cfg.top_n, "product")
-            report["text_first_stage"] = _t2v(text, target)
             two_stage.weights["rerank_text"] = _best(cfg.rerank.weight_grid,
                                                      lambda w: _t2v(rerank_scores(text, top, w), target)["mean"])
-            report["text_two_stage"] = _t2v(rerank_scores(text, top, two_stage.weights["rerank_text"]), target)
+            text = rerank_scores(text, top, two_stage.weights["rerank_text"])
+    if len(cfg.caption_grid) > 1:
+        d = val.data
+        caption = caption_scores(d.video_caption, d.product_text, val.has_caption)  # [Nv, Np]
+        w = _best(cfg.caption_grid, lambda w: _mean_recall(v2p + w * caption, p2v + w * caption, target))
+        two_stage.weights["caption"] = w
+        v2p, p2v = v2p + w * caption, p2v + w * caption
+        if text is not None:  # the text queries are the products' texts: the same caption scores
+            w = _best(cfg.caption_grid, lambda w: _t2v(text + w * caption, target)["mean"])
+            two_stage.weights["caption_text"] = w
+            text = text + w * caption
+    if text is not None:
+        report["text_two_stage"] = _t2v(text, target)
     if cfg.category is not None:
         t = train.data
         head, _ = fit_category_head(t.video_frames, t.video_frame_mask, t.video_caption,

@@ -26,7 +26,7 @@ def inputs(data, words, two_stage) -> SplitInputs:
     video = F.normalize(F.normalize(frames, dim=-1) + data.video_caption, dim=-1)
     product = F.normalize(F.normalize(data.product_images.mean(1), dim=-1) + data.product_text, dim=-1)
     return SplitInputs(data, words.half(), torch.ones(words.shape[:2], dtype=torch.bool), labels_for(data),
-                       video, product, data.product_text)
+                       video, product, torch.ones(len(video), dtype=torch.bool), data.product_text)
 
 
 def fitted(clip_like):
@@ -39,7 +39,8 @@ def fitted(clip_like):
 
 
 def details(two_stage, data, words):
-    videos = two_stage.describe_videos(data.video_frames, data.video_frame_mask, data.video_caption)
+    videos = two_stage.describe_videos(data.video_frames, data.video_frame_mask, data.video_caption,
+                                       [True] * len(data.video_ids))
     products = [ProductDetail(words[i].half(), torch.ones(len(words[i]), dtype=torch.bool), data.product_text[i].half(),
                               data.product_images[i].half(), data.product_image_mask[i]) for i in range(len(words))]
     return videos, products
@@ -111,3 +112,21 @@ def test_category_boost_uses_the_deepest_known_level():
     expected = [levels["lower"][0, c.level_index], levels["middle"][0, c.ancestor(1).level_index], 0.0]
     torch.testing.assert_close(ranked.score, torch.tensor(expected))
     assert ranked.frame is None  # no re-ranking head, no selector: nothing says which frame
+
+
+def test_caption_branch_adds_the_caption_match_and_ignores_videos_without_a_caption():
+    two_stage = TwoStage(4, 4, TwoStageConfig(salient=None, rerank=None, category=None))
+    two_stage.weights |= {"caption": 0.5, "caption_text": 2.0}
+    text = torch.tensor([1.0, 0, 0, 0])
+    product = ProductDetail(text[None].half(), torch.ones(1, dtype=torch.bool), text.half(), text[None].half(),
+                            torch.ones(1, dtype=torch.bool))
+    frames, ones = torch.zeros(2, 4).half(), torch.ones(2, dtype=torch.bool)
+    with_caption = VideoDetail(frames, ones, ones, caption=text.half())
+    without = VideoDetail(frames, ones, ones)
+    torch.testing.assert_close(two_stage.rank_videos(product, [with_caption, without], torch.zeros(2)).score,
+                               torch.tensor([0.5, 0.0]))
+    query = ProductDetail(product.words, product.word_mask, product.sentence)  # a text query: its own weight
+    torch.testing.assert_close(two_stage.rank_videos(query, [with_caption, without], torch.zeros(2)).score,
+                               torch.tensor([2.0, 0.0]))
+    ranked = two_stage.rank_products(with_caption, [product], torch.full((1, 3), -1), torch.zeros(1))
+    torch.testing.assert_close(ranked.score, torch.tensor([0.5]))
