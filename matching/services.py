@@ -257,28 +257,34 @@ def suggest_videos(product: Product, k: int, category: Category | None = None) -
 
 
 def _lookup(obj, k: int, category: Category | None, direction: str) -> list[Match]:
-    """Search the other side's collection with obj's stored vector (first stage), reorder the top
-    candidates with the model's second stage (ml.two_stage), record the ranked list."""
-    version = _indexed_version(obj)
+    """Rank the other side for obj and record the ranked list as Match rows."""
     from_video = direction == Match.Direction.VIDEO_TO_PRODUCT
+    version, rows = rank_for(obj, k, category, from_video, settings.MVMATCH_RERANK_TOP_N)
+    return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, rows)
+
+
+def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_top_n: int
+             ) -> tuple[ModelVersion, list[tuple[int, int, float, float, int | None]]]:
+    """Search the other side's collection with obj's stored vector (first stage) and reorder its top
+    ``rerank_top_n`` with the model's second stage (ml.two_stage; 0: index order). Returns the version
+    and the top-k rows (video, product, score, index score, driving frame); writes nothing."""
+    version = _indexed_version(obj)
     source, target = (video_index, product_index) if from_video else (product_index, video_index)
     vector = source(version).get([obj.pk]).get(obj.pk)
     if vector is None:
         raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
-    second = _second_stage(version, obj)
-    hits = target(version).search(vector[None], max(k, settings.MVMATCH_RERANK_TOP_N) if second else k,
-                                  **_filter(category))[0]
+    second = _second_stage(version, obj) if rerank_top_n else None
+    hits = target(version).search(vector[None], max(k, rerank_top_n) if second else k, **_filter(category))[0]
     ranked = _rerank(second, obj, hits, from_video) if second and hits else None
     if ranked is None:
         ranked = [(h.id, h.score, h.score, None) for h in hits]
-    rows = [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
-            for cid, score, first, frame in ranked[:k]]
-    return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, rows)
+    return version, [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
+                     for cid, score, first, frame in ranked[:k]]
 
 
 def _second_stage(version: ModelVersion, obj):
-    """The version's second stage, if it has one, it is switched on and obj has its stored features."""
-    if not settings.MVMATCH_RERANK_TOP_N or obj.detail is None:
+    """The version's second stage, if it has one and obj has its stored features."""
+    if obj.detail is None:
         return None
     return get_bundle(version).two_stage
 

@@ -4,6 +4,7 @@ Two deployments of the same code: the embedded default (SQLite, filesystem broke
 scale-out one (PostgreSQL when it answers, Redis broker); both use a milvus-lite server because the
 web process and the worker share the index.
 """
+import json
 import os
 import subprocess
 import uuid
@@ -150,6 +151,11 @@ def test_upload_to_suggestions_on_real_parts(stack, catalogue):
     assert stack.shell("from matching.models import Match; print(Match.objects.count())") == before
     # One model load per worker process, however many tasks it ran.
     assert stack.log("worker").count("loading model bundle") == 1
+
+    # The lookup benchmark times both orders on these records and writes nothing.
+    bench = json.loads(stack.manage("bench_lookup", "--repeats", "1", "--k", "5", "--top-n", "10"))
+    assert bench["video -> products"]["records"] == len(videos) and bench["product -> videos"]["ratio"] > 0
+    assert stack.shell("from matching.models import Match; print(Match.objects.count())") == before
 
 
 def test_worker_survives_bad_input_and_marks_it_failed(stack, catalogue):

@@ -101,7 +101,8 @@ class Command(BaseCommand):
         top1 = sum(r == 1 for r in ranks) / n
         top10 = sum(r is not None and r <= 10 for r in ranks) / n
         report = {"videos": n, "products": len(products), "top1": round(top1, 3), "top10": round(top10, 3),
-                  "chance_top1": round(1 / len(products), 3), "ranks": ranks}
+                  "chance_top1": round(1 / len(products), 3), "ranks": ranks,
+                  "truth": {video.pk: products[sku_of[key]].pk for key, video in videos.items()}}
         (settings.VAR_DIR / "demo-report.json").write_text(json.dumps(report, indent=2))
         tokens = {u.username: Token.objects.get_or_create(user=u)[0].key
                   for u in get_user_model().objects.filter(username__in=["merchant", "publisher"])}
