@@ -97,7 +97,8 @@ class ProductAdmin(TextSearchMixin, admin.ModelAdmin):
     actions = ["reindex"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("category", "merchant", "model_version").prefetch_related("images")
+        return (super().get_queryset(request).select_related("category", "merchant", "model_version")
+                .prefetch_related("images").defer("detail"))
 
     @admin.display(description="photo")
     def photo(self, obj):

@@ -32,7 +32,7 @@ class ProductViewSet(viewsets.ModelViewSet):
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
     def get_queryset(self):
-        qs = Product.objects.select_related("category").prefetch_related("images")
+        qs = Product.objects.select_related("category").prefetch_related("images").defer("detail")
         return qs if self.request.user.is_staff else qs.filter(merchant=self.request.user)
 
     def perform_create(self, serializer):

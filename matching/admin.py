@@ -37,7 +37,7 @@ class MicroVideoAdmin(TextSearchMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return (super().get_queryset(request).select_related("publisher", "predicted_category")
-                .prefetch_related("keyframes"))
+                .prefetch_related("keyframes").defer("detail"))
 
     @admin.display(description="keyframes")
     def frames(self, obj):
@@ -96,6 +96,7 @@ class MatchAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return (super().get_queryset(request)
                 .select_related("video", "product__category", "model_version", "reviewed_by")
+                .defer("video__detail", "product__detail")
                 .prefetch_related("video__keyframes", "product__images"))
 
     def has_add_permission(self, request):

@@ -275,7 +275,7 @@ def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_to
         raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
     second = _second_stage(version, obj) if rerank_top_n else None
     hits = target(version).search(vector[None], max(k, rerank_top_n) if second else k, **_filter(category))[0]
-    ranked = _rerank(second, obj, hits, from_video) if second and hits else None
+    ranked = _rerank(second, version, obj, hits, from_video) if second and hits else None
     if ranked is None:
         ranked = [(h.id, h.score, h.score, None) for h in hits]
     return version, [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
@@ -289,9 +289,11 @@ def _second_stage(version: ModelVersion, obj):
     return get_bundle(version).two_stage
 
 
-def _rerank(second, obj, hits, from_video: bool) -> list[tuple[int, float, float, int | None]] | None:
+def _rerank(second, version: ModelVersion, obj, hits, from_video: bool
+            ) -> list[tuple[int, float, float, int | None]] | None:
     """(candidate id, final score, index score, driving frame) best first; None if a candidate lacks
-    its stored features (indexed by a build without a second stage): index order then."""
+    this version's stored features (a build without a second stage, or re-embedded by another version
+    since): index order then."""
     import torch
 
     from ml.two_stage import ProductDetail, VideoDetail
@@ -301,7 +303,7 @@ def _rerank(second, obj, hits, from_video: bool) -> list[tuple[int, float, float
     rows = model.objects.filter(pk__in=ids).select_related(*(["category__parent__parent"] if from_video else []))
     found = {row.pk: row for row in rows}
     hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
-    if not hits or any(found[h.id].detail is None for h in hits):
+    if not hits or any(found[h.id].detail is None or found[h.id].model_version_id != version.pk for h in hits):
         return None
     first = torch.tensor([h.score for h in hits])
     if from_video:

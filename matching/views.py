@@ -33,8 +33,9 @@ class MicroVideoViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixi
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
-        qs = MicroVideo.objects.prefetch_related("keyframes").select_related("model_version", "category",
-                                                                           "predicted_category")
+        qs = (MicroVideo.objects.prefetch_related("keyframes").select_related("model_version", "category",
+                                                                            "predicted_category")
+              .defer("detail"))
         return qs if self.request.user.is_staff else qs.filter(publisher=self.request.user)
 
     def create(self, request, *args, **kwargs):
