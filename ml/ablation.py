@@ -585,7 +585,8 @@ trained on the train split against each row's own embeddings (`ml.text_search`).
 ## Cost and order reliance
 
 Training seconds: the row's own training (stage-1 rows: MQMC; "+" rows: their head only). Re-ranking
-latency: one video query, N candidates, features in memory, median over 30 queries, 1 CPU thread.
+latency: one video query, N candidates, features in memory, median over 30 queries (torch threads as on
+the Machine line).
 Shuffling test (HiTeA): R@1 with every test video's frames in random order, and the change.
 
 {table2}
