@@ -71,7 +71,7 @@ class AblationConfig:
     caption_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
     # The product's default (ml.build, matching.services): a stage-1 row and second-stage parts in order.
     # Re-ranking first: in the product its candidates are the vector index's top N of stage 1.
-    default_stage: str = "salient"
+    default_stage: str = "mean"
     default_parts: tuple[str, ...] = ("rerank-photo", "caption", "category-boost")
     default_rerank_n: int = 50
 

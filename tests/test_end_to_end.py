@@ -29,7 +29,7 @@ def bundle(tmp_path_factory) -> Path:
     """A small model trained end to end by our own code (tower + MQMC) on generated data."""
     out = tmp_path_factory.mktemp("model") / "bundle"
     build(out, BuildConfig(name="e2e", data_size="tiny-train", tower_steps=40, epochs=8, batch_size=16,
-                           queue_size=16, workers=1, progress=False))
+                           queue_size=16, workers=1, progress=False, salient_frames=True))
     return out
 
 
