@@ -275,9 +275,11 @@ def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_to
         raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
     second = _second_stage(version, obj) if rerank_top_n else None
     hits = target(version).search(vector[None], max(k, rerank_top_n) if second else k, **_filter(category))[0]
-    ranked = _rerank(second, version, obj, hits, from_video) if second and hits else None
+    ranked = _rerank_lookup(second, version, obj, hits, from_video) if second and hits else None
     if ranked is None:
         ranked = [(h.id, h.score, h.score, None) for h in hits]
+    else:
+        ranked = [(row.pk, score, first, frame) for row, score, first, frame in ranked]
     return version, [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
                      for cid, score, first, frame in ranked[:k]]
 
@@ -289,34 +291,35 @@ def _second_stage(version: ModelVersion, obj):
     return get_bundle(version).two_stage
 
 
-def _rerank(second, version: ModelVersion, obj, hits, from_video: bool
-            ) -> list[tuple[int, float, float, int | None]] | None:
-    """(candidate id, final score, index score, driving frame) best first; None if a candidate lacks
-    this version's stored features (a build without a second stage, or re-embedded by another version
-    since): index order then."""
-    import torch
-
+def _rerank_lookup(second, version: ModelVersion, obj, hits, from_video: bool):
+    """`_rerank` of a video's product candidates or a product's video candidates."""
     from ml.two_stage import ProductDetail, VideoDetail
 
-    ids = [h.id for h in hits]
-    model = Product if from_video else MicroVideo
-    rows = model.objects.filter(pk__in=ids).select_related(*(["category__parent__parent"] if from_video else []))
+    if from_video:
+        query = VideoDetail.from_bytes(obj.detail)
+        return _rerank(version, hits, Product, lambda products, first: second.rank_products(
+            query, [ProductDetail.from_bytes(p.detail) for p in products],
+            [category_levels(p.category) for p in products], first))
+    query = ProductDetail.from_bytes(obj.detail)
+    return _rerank(version, hits, MicroVideo, lambda videos, first: second.rank_videos(
+        query, [VideoDetail.from_bytes(v.detail) for v in videos], first, [category_levels(obj.category)]))
+
+
+def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[object, float, float, int | None]] | None:
+    """The index's candidates (rows of ``model``) reordered by ``rank(rows, index scores) -> ml.two_stage.Ranked``,
+    as (row, final score, index score, driving frame), best first; None if a candidate lacks this version's
+    stored features (a build without a second stage, or re-embedded by another version since): index order then."""
+    rows = model.objects.filter(pk__in=[h.id for h in hits])
+    if model is Product:
+        rows = rows.select_related("category__parent__parent")  # category_levels walks up the tree
     found = {row.pk: row for row in rows}
     hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
     if not hits or any(found[h.id].detail is None or found[h.id].model_version_id != version.pk for h in hits):
         return None
-    first = torch.tensor([h.score for h in hits])
-    if from_video:
-        products = [found[h.id] for h in hits]
-        ranked = second.rank_products(VideoDetail.from_bytes(obj.detail),
-                                      [ProductDetail.from_bytes(p.detail) for p in products],
-                                      torch.tensor([category_levels(p.category) for p in products]), first)
-    else:
-        ranked = second.rank_videos(ProductDetail.from_bytes(obj.detail),
-                                    [VideoDetail.from_bytes(found[h.id].detail) for h in hits], first,
-                                    torch.tensor([category_levels(obj.category)]))
+    candidates = [found[h.id] for h in hits]
+    ranked = rank(candidates, [h.score for h in hits])
     frame = ranked.frame
-    return [(hits[i].id, float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
+    return [(candidates[i], float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
             for i in ranked.order.tolist()]
 
 
@@ -345,30 +348,26 @@ def search_text(query: str, k: int, category: Category | None = None) -> TextSea
     bundle = get_bundle(version)
     if bundle.text_query is None:
         raise TextSearchUnavailable(f"model {version.name} has no text query head: rebuild or register one with it")
-    vector = bundle.embed_text_queries([query])
-    second = bundle.two_stage if settings.MVMATCH_RERANK_TOP_N else None
+    embedded = bundle.embed_text_query(query, detail=bool(settings.MVMATCH_RERANK_TOP_N))
     found = {}
     for model, index in ((Product, product_index), (MicroVideo, video_index)):
-        rerank = model is MicroVideo and second is not None  # the re-ranking head scores videos against text
-        hits = index(version).search(vector, max(k, settings.MVMATCH_RERANK_TOP_N) if rerank else k,
+        rerank = model is MicroVideo and embedded.details is not None  # the re-ranking head scores videos vs text
+        hits = index(version).search(embedded.vectors, max(k, settings.MVMATCH_RERANK_TOP_N) if rerank else k,
                                      **_filter(category))[0]
-        live = model.objects.in_bulk([h.id for h in hits])  # the index may name rows deleted since
-        hits = [h for h in hits if h.id in live]
-        if rerank and hits and all(live[h.id].detail is not None for h in hits):
-            found[model] = _rerank_text(second, bundle.describe_text_query(query), hits, live)[:k]
+        ranked = _rerank_text(bundle.two_stage, version, embedded.details[0], hits) if rerank and hits else None
+        if ranked is not None:
+            found[model] = [(row, score) for row, score, _, _ in ranked[:k]]
         else:
-            found[model] = [(live[h.id], h.score) for h in hits[:k]]
+            live = model.objects.in_bulk([h.id for h in hits])  # the index may name rows deleted since
+            found[model] = [(live[h.id], h.score) for h in hits if h.id in live][:k]
     return TextSearchResult(found[Product], found[MicroVideo])
 
 
-def _rerank_text(second, query, hits, live) -> list[tuple[MicroVideo, float]]:
-    import torch
-
+def _rerank_text(second, version: ModelVersion, query, hits):
     from ml.two_stage import VideoDetail
 
-    ranked = second.rank_videos(query, [VideoDetail.from_bytes(live[h.id].detail) for h in hits],
-                                torch.tensor([h.score for h in hits]))
-    return [(live[hits[i].id], float(ranked.score[i])) for i in ranked.order.tolist()]
+    return _rerank(version, hits, MicroVideo, lambda videos, first: second.rank_videos(
+        query, [VideoDetail.from_bytes(v.detail) for v in videos], first))
 
 
 def _indexed_version(obj) -> ModelVersion:

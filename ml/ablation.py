@@ -44,7 +44,7 @@ from ml.category import CategoryConfig, CategoryHead, category_accuracy, categor
 from ml.frame_sampling import frame_ensemble_embeddings, shuffle_frames
 from ml.metrics import RECALL_AT, score_metrics, score_ranks, similarity, summarise_ranks
 from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, Reranker, VideoFine, fit_rerank_head, \
-    rerank_latency_ms, rerank_scores, score_top_candidates
+    products_fine_of, rerank_latency_ms, rerank_scores, score_top_candidates, videos_fine_of
 from ml.salient import SalientConfig, filter_feature_set, fit_salient_selector, kept_kind_share
 from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head, short_query
 from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, load_checkpoint, train_once
@@ -91,12 +91,10 @@ class Split:
     labels: torch.Tensor  # [Np, 3] (upper, middle, lower)
 
     def videos_fine(self) -> VideoFine:
-        return VideoFine(self.data.video_frames.half(), self.data.video_frame_mask)
+        return videos_fine_of(self.data)
 
     def products_fine(self, photos: bool = True) -> ProductFine:
-        d = self.data
-        return ProductFine(self.words, self.word_mask, d.product_text,
-                           d.product_images.half() if photos else None, d.product_image_mask if photos else None)
+        return products_fine_of(self.data, self.words, self.word_mask, photos)
 
     def query_fine(self, kind: str) -> ProductFine:
         feats, tokens, mask = self.queries[kind]

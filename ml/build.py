@@ -1,7 +1,7 @@
 """Build a model bundle from scratch: generate training data, train the image tower, extract
-features, fit the salient-frame selector, train the instance towers (MQMC by default) on the
-salient frames, evaluate, fit the text query head, the re-ranking and category heads (weights tuned
-on validation), write the bundle.
+features, train the instance towers (MQMC by default; on the salient frames when the selector is
+on), evaluate, fit the text query head, the re-ranking and category heads (weights tuned on
+validation), write the bundle.
 
     python -m ml.build var/models/demo --data-size demo-train --method mqmc
 
@@ -21,10 +21,9 @@ import torch
 from ml.bundle import ModelBundle
 from ml.datagen import SIZES, DatasetConfig, generate_dataset
 from ml.fusion import InstanceConfig
-from ml.prepare import FeatureRecipe, prepare_features
-from ml.text_search import fit_split_query_head
 from ml.category import category_labels
-from ml.text_search import embed_queries
+from ml.prepare import FeatureRecipe, prepare_features
+from ml.text_search import embed_queries, fit_split_query_head
 from ml.texts import product_text
 from ml.train_instance import TrainConfig, embed_products, embed_videos, evaluate, load_checkpoint, \
     shortcut_instance, train

@@ -88,7 +88,8 @@ class ModelBundle:
 
     @torch.no_grad()
     def embed_videos(self, frames: Sequence[np.ndarray], captions: Sequence[str]) -> Embedded:
-        """Videos given as uint8 frames [T, H, W, 3] and their captions; the vectors pool the salient frames."""
+        """Videos given as uint8 frames [T, H, W, 3] and their captions; the vectors pool the frames the second
+        stage keeps (the salient ones when the bundle selects them, else all)."""
         feats, mask, text = video_features(self.encoder, frames, captions)
         if self.two_stage is None:
             return Embedded(embed_videos(self.instance, feats, text, mask), None)
@@ -103,19 +104,23 @@ class ModelBundle:
         vectors = embed_products(self.instance, feats, text, mask)
         if self.two_stage is None:
             return Embedded(vectors, None)
-        words, word_mask = self.encoder.encode_text_tokens(list(texts))
-        return Embedded(vectors, [ProductDetail(words[i][word_mask[i]], word_mask[i][word_mask[i]], text[i].half(),
-                                                feats[i][mask[i]].half(), mask[i][mask[i]]) for i in range(len(texts))])
+        return Embedded(vectors, self._product_details(list(texts), text, feats, mask))
 
     @torch.no_grad()
-    def describe_text_query(self, query: str) -> ProductDetail:
-        """A text query as the re-ranking head reads it: its words and sentence, no photos."""
-        words, word_mask = self.encoder.encode_text_tokens([query])
-        return ProductDetail(words[0][word_mask[0]], word_mask[0][word_mask[0]], self.encoder.encode_texts([query])[0].half())
-
-    @torch.no_grad()
-    def embed_text_queries(self, queries: Sequence[str]) -> np.ndarray:
-        """Unit vectors [N, D] for free-text queries, searchable in both collections."""
+    def embed_text_query(self, query: str, detail: bool = True) -> Embedded:
+        """A free-text query: its unit vector [1, D], searchable in both collections, and with ``detail`` (and a
+        second stage) what the re-ranking head reads of it: its words and sentence, no photos."""
         if self.text_query is None:
             raise ValueError(f"model {self.meta['name']} has no text query head: it cannot serve text search")
-        return self.text_query(self.encoder.encode_texts(list(queries)).cpu()).numpy()
+        sentence = self.encoder.encode_texts([query])
+        vector = self.text_query(sentence.cpu()).numpy()
+        if self.two_stage is None or not detail:
+            return Embedded(vector, None)
+        return Embedded(vector, self._product_details([query], sentence))
+
+    def _product_details(self, texts: list[str], sentences, photos=None, photo_mask=None) -> list[ProductDetail]:
+        """Per text its valid word features, its sentence feature and, for a product, its valid photos."""
+        words, word_mask = self.encoder.encode_text_tokens(texts)
+        return [ProductDetail(words[i][word_mask[i]], word_mask[i][word_mask[i]], sentences[i].half(),
+                              *(() if photos is None else (photos[i][photo_mask[i]].half(), photo_mask[i][photo_mask[i]])))
+                for i in range(len(texts))]

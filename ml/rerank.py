@@ -63,6 +63,18 @@ class ProductFine:
         return ProductFine(*(None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)))
 
 
+def videos_fine_of(data) -> VideoFine:
+    """A `ml.train_instance.FeatureSet`'s videos as the head reads them."""
+    return VideoFine(data.video_frames.half(), data.video_frame_mask)
+
+
+def products_fine_of(data, words: Tensor, word_mask: Tensor, photos: bool = True) -> ProductFine:
+    """A FeatureSet's products as the head reads them; ``words`` [Np, L, D] are their texts' word features."""
+    if not photos:
+        return ProductFine(words, word_mask, data.product_text)
+    return ProductFine(words, word_mask, data.product_text, data.product_images.half(), data.product_image_mask)
+
+
 @dataclass(frozen=True)
 class RerankConfig:
     photos: bool = True  # photo grains next to the text grains (X-CLIP itself is text-only)

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from ml.caption_branch import caption_scores
 from ml.category import LEVELS, CategoryConfig, CategoryHead, category_boost, fit_category_head
 from ml.metrics import RECALL_AT, score_metrics
-from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, VideoFine, fit_rerank_head, rerank_scores, \
-    score_top_candidates
+from ml.rerank import MultiGrainedHead, ProductFine, RerankConfig, VideoFine, fit_rerank_head, products_fine_of, \
+    rerank_scores, score_top_candidates, videos_fine_of
 from ml.salient import SalientConfig, SalientFrameSelector, filter_feature_set, fit_salient_selector
 
 
@@ -68,8 +68,19 @@ def unpack(blob: bytes) -> dict[str, Tensor]:
     return out
 
 
+class _Stored:
+    """A dataclass of tensors kept in a database column (`pack` / `unpack`)."""
+
+    def to_bytes(self) -> bytes:
+        return pack(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes):
+        return cls(**unpack(blob))
+
+
 @dataclass
-class VideoDetail:
+class VideoDetail(_Stored):
     """One video: frame features [T, D] (float16), valid frames [T], frames its embedding pooled [T],
     their saliency [T] (None without a selector), lower-category log-probabilities (None without a head),
     caption feature [D] (None when the caption is empty)."""
@@ -81,16 +92,9 @@ class VideoDetail:
     category: Tensor | None = None
     caption: Tensor | None = None
 
-    def to_bytes(self) -> bytes:
-        return pack(asdict(self))
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> "VideoDetail":
-        return cls(**unpack(blob))
-
 
 @dataclass
-class ProductDetail:
+class ProductDetail(_Stored):
     """One product (or text query): word features [L, D] + mask, sentence [D], photos [P, D] + mask (None for a query)."""
 
     words: Tensor
@@ -98,13 +102,6 @@ class ProductDetail:
     sentence: Tensor
     photos: Tensor | None = None
     photo_mask: Tensor | None = None
-
-    def to_bytes(self) -> bytes:
-        return pack(asdict(self))
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> "ProductDetail":
-        return cls(**unpack(blob))
 
 
 def _pad(rows: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -171,62 +168,55 @@ class TwoStage(nn.Module):
         return int(p.argmax()), float(p.max())
 
     # -- querying --
-    @torch.no_grad()
-    def rank_products(self, video: VideoDetail, products: list[ProductDetail], product_levels: Tensor,
-                      first_stage: Tensor) -> Ranked:
+    def rank_products(self, video: VideoDetail, products: list[ProductDetail], product_levels,
+                      first_stage) -> Ranked:
         """Reorder a video's product candidates. ``product_levels`` [N, 3]: each product's (upper, middle,
-        lower) index, -1 where its category is coarser or unknown."""
-        score, frame = first_stage.float(), None
-        if self.rerank_head is not None and self.weights["rerank"]:
-            head = self.rerank_head
-            fine, weight = head(head.prepare_videos(videos_fine([video])),
-                                head.prepare_products(products_fine(products)), pairwise=True)
-            score, frame = score + self.weights["rerank"] * fine[0], weight[0].argmax(-1)
-        if video.caption is not None and self.weights["caption"] and products:
-            score = score + self.weights["caption"] * caption_scores(
-                video.caption[None], torch.stack([p.sentence for p in products]))[0]
-        score = score + self._boost(None if video.category is None else video.category[None], product_levels)[0]
-        if frame is None and (salient := _most_salient(video)) is not None:
-            frame = torch.full((len(score),), salient)
-        return Ranked(score.argsort(descending=True), score, frame)
+        lower) index, -1 where its category is coarser or unknown; ``first_stage`` [N] their index scores."""
+        score, frame = self._pair_scores([video], products, torch.as_tensor(first_stage)[None], product_levels)
+        return Ranked(score[0].argsort(descending=True), score[0], None if frame is None else frame[0])
+
+    def rank_videos(self, query: ProductDetail, videos: list[VideoDetail], first_stage,
+                    product_levels=None) -> Ranked:
+        """Reorder a product's (or, without ``product_levels``, a text query's) video candidates."""
+        score, frame = self._pair_scores(videos, [query], torch.as_tensor(first_stage)[:, None], product_levels)
+        return Ranked(score[:, 0].argsort(descending=True), score[:, 0], None if frame is None else frame[:, 0])
 
     @torch.no_grad()
-    def rank_videos(self, query: ProductDetail, videos: list[VideoDetail], first_stage: Tensor,
-                    product_levels: Tensor | None = None) -> Ranked:
-        """Reorder a product's (or, without ``product_levels``, a text query's) video candidates."""
-        text = query.photos is None
-        w = self.weights["rerank_text" if text else "rerank"]
+    def _pair_scores(self, videos: list[VideoDetail], products: list[ProductDetail], first_stage: Tensor,
+                     product_levels) -> tuple[Tensor, Tensor | None]:
+        """Final scores [Nv, Np] of every (video, product or text query) pair from their first-stage scores,
+        and the frame that drove each (None when nothing says). Text queries have no photos: their own weights."""
+        text = products[0].photos is None if products else False
         score, frame = first_stage.float(), None
-        if self.rerank_head is not None and w:
+        w = self.weights["rerank_text" if text else "rerank"]
+        if self.rerank_head is not None and w and videos and products:
             head = self.rerank_head
-            fine, weight = head(head.prepare_videos(videos_fine(videos)), head.prepare_products(products_fine([query])),
+            fine, weight = head(head.prepare_videos(videos_fine(videos)), head.prepare_products(products_fine(products)),
                                 pairwise=True)
-            score, frame = score + w * fine[:, 0], weight[:, 0].argmax(-1)
+            score, frame = score + w * fine, weight.argmax(-1)
         w = self.weights["caption_text" if text else "caption"]
-        if w and videos:
-            captions = torch.stack([v.caption if v.caption is not None else query.sentence.new_zeros(query.sentence.shape)
-                                    for v in videos])
-            score = score + w * caption_scores(captions, query.sentence[None])[:, 0]  # no caption: 0
-        if product_levels is not None and all(v.category is not None for v in videos):
-            score = score + self._boost(torch.stack([v.category for v in videos]), product_levels)[:, 0]
+        if w and videos and products:
+            sentence = products[0].sentence
+            captions = torch.stack([v.caption if v.caption is not None else sentence.new_zeros(sentence.shape)
+                                    for v in videos])  # no caption: 0
+            score = score + w * caption_scores(captions, torch.stack([p.sentence for p in products]))
+        if (product_levels is not None and self.weights["boost"] and self.category_head is not None
+                and videos and all(v.category is not None for v in videos)):
+            score = score + self._boost(torch.stack([v.category for v in videos]), torch.as_tensor(product_levels))
         if frame is None and videos and all(v.saliency is not None for v in videos):
-            frame = torch.tensor([_most_salient(v) for v in videos])
-        return Ranked(score.argsort(descending=True), score, frame)
+            frame = torch.tensor([_most_salient(v) for v in videos])[:, None].expand(score.shape)
+        return score, frame
 
-    def _boost(self, video_log_probs: Tensor | None, product_levels: Tensor) -> Tensor:
+    def _boost(self, video_log_probs: Tensor, product_levels: Tensor) -> Tensor:
         """[Nv, Np] w * log p(product's category at the tuned level | video); products whose category is
         coarser than that level use their deepest known level; unknown: 0."""
-        nv, np_ = (0 if video_log_probs is None else len(video_log_probs)), len(product_levels)
-        if video_log_probs is None or not self.weights["boost"] or self.category_head is None:
-            return torch.zeros(max(nv, 1), np_)
         levels = self.category_head.levels(video_log_probs.float())
-        out = torch.zeros(nv, np_)
-        for p in range(np_):
+        out = torch.zeros(len(video_log_probs), len(product_levels))
+        for p in range(len(product_levels)):
             known = [lv for lv in range(LEVELS.index(self.weights["boost_level"]) + 1) if product_levels[p, lv] >= 0]
             if known:
                 out[:, p] = levels[LEVELS[known[-1]]][:, product_levels[p, known[-1]]]
         return self.weights["boost"] * out
-
 
     # -- persistence --
     def save(self, path: str | Path) -> None:
@@ -278,12 +268,10 @@ class SplitInputs:
     query_emb: Tensor | None = None  # [Np, D] each product's text through the text-query head
 
     def videos_fine(self) -> VideoFine:
-        return VideoFine(self.data.video_frames.half(), self.data.video_frame_mask)
+        return videos_fine_of(self.data)
 
     def products_fine(self, photos: bool = True) -> ProductFine:
-        d = self.data
-        extra = (d.product_images.half(), d.product_image_mask) if photos else ()
-        return ProductFine(self.words, self.word_mask, d.product_text, *extra)
+        return products_fine_of(self.data, self.words, self.word_mask, photos)
 
 
 def fit_two_stage(two_stage: TwoStage, train: SplitInputs, val: SplitInputs) -> dict:

@@ -6,7 +6,6 @@ web process and the worker share the index.
 """
 import json
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
