@@ -5,6 +5,8 @@ from django.utils.html import format_html, format_html_join
 
 from catalog.models import Category, Product, ProductImage
 from matching import services
+from matching.admin_actions import recompute_matches
+from matching.media import url_of
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ def keyframe_strip(video, size: int = 64, driving: int | None = None) -> str:
         if kf.position == driving:
             style += "outline:3px solid #e8590c;outline-offset:-3px;"
             title += ": drove this match"
-        return thumbnail(kf.image.url, size, style, title)
+        return thumbnail(url_of(kf), size, style, title)
 
     frames = format_html_join("", "{}", ((frame(kf),) for kf in video.keyframes.all()))
     return format_html('<div style="display:flex;gap:2px;flex-wrap:nowrap">{}</div>', frames) if frames else "—"
@@ -83,7 +85,7 @@ class ProductImageInline(admin.TabularInline):
 
     @admin.display(description="photo")
     def preview(self, obj):
-        return thumbnail(obj.image.url if obj.image else None)
+        return thumbnail(url_of(obj) if obj.pk else None)
 
 
 @admin.register(Product)
@@ -94,7 +96,7 @@ class ProductAdmin(TextSearchMixin, admin.ModelAdmin):
     autocomplete_fields = ["category"]
     readonly_fields = ["status", "error", "model_version", "indexed_at"]
     inlines = [ProductImageInline]
-    actions = ["reindex"]
+    actions = ["reindex", recompute_matches]
 
     def get_queryset(self, request):
         return (super().get_queryset(request).select_related("category", "merchant", "model_version")
@@ -103,8 +105,8 @@ class ProductAdmin(TextSearchMixin, admin.ModelAdmin):
     @admin.display(description="photo")
     def photo(self, obj):
         image = next(iter(obj.images.all()), None)
-        return thumbnail(image.image.url if image else None, 56)
+        return thumbnail(url_of(image) if image else None, 56)
 
-    @admin.action(description="Re-embed and re-index selected products")
+    @admin.action(description="Re-embed and re-index selected products", permissions=["change"])
     def reindex(self, request, queryset):
         self.message_user(request, f"{services.requeue(queryset)} products queued")

@@ -4,7 +4,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from ml.texts import product_text
+from matching.indexing import IndexedItem
+from ml.serving.texts import product_text
 
 
 class Category(models.Model):
@@ -54,14 +55,7 @@ class Category(models.Model):
         return node
 
 
-class IndexState(models.TextChoices):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    INDEXED = "indexed"
-    FAILED = "failed"
-
-
-class Product(models.Model):
+class Product(IndexedItem):
     merchant = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="products")
     sku = models.CharField(max_length=64, blank=True, help_text="Merchant's own reference (optional).")
     title = models.CharField(max_length=200)
@@ -70,17 +64,8 @@ class Product(models.Model):
     category = models.ForeignKey(
         Category, on_delete=models.PROTECT, related_name="products", limit_choices_to={"level": Category.Level.LOWER}
     )
-    status = models.CharField(max_length=16, choices=IndexState.choices, default=IndexState.QUEUED)
-    error = models.TextField(blank=True)
-    model_version = models.ForeignKey(
-        "matching.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    detail = models.BinaryField(null=True, editable=False,
-                                help_text="Word and photo features the second stage reads (ml.two_stage.ProductDetail), "
-                                          "made by model_version.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    indexed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

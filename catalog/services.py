@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import transaction
 
 from catalog.models import Category
-from ml.ontology import BUNDLED_PATH, Ontology, UnknownCategory, normalise_name, slugify
+from ml.serving.ontology import BUNDLED_PATH, Ontology, UnknownCategory, normalise_name, slugify
 
 SHARED_ONTOLOGY = settings.BASE_DIR.parent / "shared" / "ontology" / "mqmc_ontology.json"
 
@@ -50,7 +50,8 @@ def resolve_category(ref, *, level: int | None = None) -> Category:
     if isinstance(ref, Category):
         category = ref
     elif isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
-        category = Category.objects.filter(pk=int(ref)).first()
+        # An id too long for the database's integer is no id (and would overflow the query).
+        category = Category.objects.filter(pk=int(ref)).first() if int(ref) < 2 ** 63 else None
         if category is None:
             raise UnknownCategory(f"unknown category id {ref}")
     else:

@@ -7,6 +7,12 @@ START=$(date +%s)
 bash deploy/setup.sh
 PY=.venv/bin/python
 export MVMATCH_VAR_DIR=${MVMATCH_VAR_DIR:-$PWD/var}
+# Production settings need a secret key: the demo keeps one of its own in var/ (made once, private).
+if [ -z "${DJANGO_SECRET_KEY:-}" ]; then
+  mkdir -p "$MVMATCH_VAR_DIR"
+  [ -s "$MVMATCH_VAR_DIR/secret_key" ] || (umask 077; $PY -c "import secrets; print(secrets.token_urlsafe(50))" > "$MVMATCH_VAR_DIR/secret_key")
+  export DJANGO_SECRET_KEY=$(cat "$MVMATCH_VAR_DIR/secret_key")
+fi
 mkdir -p "$MVMATCH_VAR_DIR/log"
 PORT=${PORT:-8000}
 MILVUS_PORT=${MILVUS_PORT:-19530}
@@ -39,5 +45,9 @@ $PY manage.py load_demo
 echo "[demo] set-up finished in $(( $(date +%s) - START )) s"
 echo "[demo] admin: http://127.0.0.1:$PORT/admin/   (matches: http://127.0.0.1:$PORT/admin/matching/match/)"
 echo "[demo] API:   http://127.0.0.1:$PORT/api/     schema: http://127.0.0.1:$PORT/api/schema/"
+echo "[demo] pages: sign in at http://127.0.0.1:$PORT/accounts/login/ (logins above), then"
+echo "[demo]   publisher http://127.0.0.1:$PORT/publisher/  merchant http://127.0.0.1:$PORT/merchant/  reviewer http://127.0.0.1:$PORT/review/"
 echo "[demo] worker log: $MVMATCH_VAR_DIR/log/worker.log"
-$PY manage.py runserver "0.0.0.0:$PORT" --noreload
+$PY manage.py collectstatic --noinput -v0
+# gunicorn (deploy/gunicorn.conf.py): the model loads before the web workers fork; loopback only.
+MVMATCH_BIND=127.0.0.1:$PORT MVMATCH_WEB_PIDFILE=$MVMATCH_VAR_DIR/web.pid .venv/bin/gunicorn -c deploy/gunicorn.conf.py

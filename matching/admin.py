@@ -3,7 +3,11 @@ from django.utils.html import format_html
 
 from catalog.admin import TextSearchMixin, category_filter, keyframe_strip, thumbnail
 from matching import services
-from matching.models import Keyframe, Match, MicroVideo, ModelVersion
+from matching.admin_actions import recompute_matches
+from matching.media import url_of
+from matching.models import Keyframe, Match, MatchDecision, MicroVideo, ModelVersion
+
+admin.site.index_template = "admin/mvmatch_index.html"  # the front page starts with the system's health
 
 
 @admin.register(ModelVersion)
@@ -21,7 +25,7 @@ class KeyframeInline(admin.TabularInline):
 
     @admin.display(description="keyframe")
     def preview(self, obj):
-        return thumbnail(obj.image.url, 128)
+        return thumbnail(url_of(obj), 128)
 
 
 @admin.register(MicroVideo)
@@ -33,7 +37,7 @@ class MicroVideoAdmin(TextSearchMixin, admin.ModelAdmin):
     readonly_fields = ["sha256", "size_bytes", "duration", "width", "height", "status", "error", "model_version",
                        "predicted_category", "predicted_confidence", "indexed_at"]
     inlines = [KeyframeInline]
-    actions = ["reindex"]
+    actions = ["reindex", recompute_matches]
 
     def get_queryset(self, request):
         return (super().get_queryset(request).select_related("publisher", "predicted_category")
@@ -53,7 +57,7 @@ class MicroVideoAdmin(TextSearchMixin, admin.ModelAdmin):
     def caption_short(self, obj):
         return obj.caption[:60]
 
-    @admin.action(description="Re-process selected videos")
+    @admin.action(description="Re-process selected videos", permissions=["change"])
     def reindex(self, request, queryset):
         self.message_user(request, f"{services.requeue(queryset)} videos queued")
 
@@ -77,6 +81,39 @@ class ScoreFilter(admin.SimpleListFilter):
         return queryset
 
 
+class MatchDecisionInline(admin.TabularInline):
+    """The match's decision history (audit): read-only, newest first."""
+
+    model = MatchDecision
+    extra = 0
+    fields = readonly_fields = ["decided_at", "username", "before", "after"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(MatchDecision)
+class MatchDecisionAdmin(admin.ModelAdmin):
+    """Every review decision: who, when, from what to what. Written only by services.review."""
+
+    list_display = ["decided_at", "username", "match", "before", "after"]
+    list_filter = ["after", "username"]
+    readonly_fields = ["match", "user", "username", "decided_at", "before", "after"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Match)
 class MatchAdmin(admin.ModelAdmin):
     """Review queue: the video's keyframes and the product's photo side by side."""
@@ -91,6 +128,7 @@ class MatchAdmin(admin.ModelAdmin):
     fields = ["side_by_side", "video", "product", "direction", "score", "index_score", "frame_position", "rank",
               "model_version", "status", "reviewed_by", "reviewed_at"]
     actions = ["approve", "reject"]
+    inlines = [MatchDecisionInline]
     list_per_page = 25
 
     def get_queryset(self, request):
@@ -109,7 +147,7 @@ class MatchAdmin(admin.ModelAdmin):
     @admin.display(description="product photo")
     def product_photo(self, obj):
         image = next(iter(obj.product.images.all()), None)
-        return thumbnail(image.image.url if image else None, 72)
+        return thumbnail(url_of(image) if image else None, 72)
 
     @admin.display(description="product", ordering="product__title")
     def product_title(self, obj):
@@ -129,14 +167,14 @@ class MatchAdmin(admin.ModelAdmin):
         return format_html('<div style="display:flex;gap:24px;align-items:flex-start">'
                            '<div><b>video {}</b><br>{}<p>{}</p></div><div><b>{}</b><br>{}</div></div>',
                            obj.video_id, keyframe_strip(obj.video, 128, obj.frame_position), obj.video.caption,
-                           obj.product.title, thumbnail(image.image.url if image else None, 256))
+                           obj.product.title, thumbnail(url_of(image) if image else None, 256))
 
-    @admin.action(description="Approve selected matches")
+    @admin.action(description="Approve selected matches", permissions=["change"])
     def approve(self, request, queryset):
         n = services.review(queryset, request.user, Match.Review.APPROVED)
         self.message_user(request, f"{n} matches approved")
 
-    @admin.action(description="Reject selected matches")
+    @admin.action(description="Reject selected matches", permissions=["change"])
     def reject(self, request, queryset):
         n = services.review(queryset, request.user, Match.Review.REJECTED)
         self.message_user(request, f"{n} matches rejected")

@@ -3,14 +3,15 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from catalog.models import Category, IndexState, Product
+from catalog.models import Category, Product
+from matching.indexing import IndexedItem
 
 
 class ModelVersion(models.Model):
     """A trained model bundle (encoder + instance towers). Each vector in the index was made by one."""
 
     name = models.CharField(max_length=100, unique=True)
-    bundle_path = models.CharField(max_length=500, help_text="Directory holding the checkpoints (see ml.bundle).")
+    bundle_path = models.CharField(max_length=500, help_text="Directory holding the checkpoints (see ml.serving.bundle).")
     embed_dim = models.PositiveIntegerField()
     is_active = models.BooleanField(default=False)
     metrics = models.JSONField(default=dict, blank=True)
@@ -26,7 +27,7 @@ class ModelVersion(models.Model):
         return self.name + (" (active)" if self.is_active else "")
 
 
-class MicroVideo(models.Model):
+class MicroVideo(IndexedItem):
     publisher = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="videos")
     file = models.FileField(upload_to="videos/%Y/%m/")
     original_filename = models.CharField(max_length=255, blank=True)
@@ -36,8 +37,6 @@ class MicroVideo(models.Model):
     duration = models.FloatField(null=True, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
-    status = models.CharField(max_length=16, choices=IndexState.choices, default=IndexState.QUEUED)
-    error = models.TextField(blank=True)
     category = models.ForeignKey(
         Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="videos",
         help_text="Optional category hint from the publisher.",
@@ -47,13 +46,13 @@ class MicroVideo(models.Model):
         help_text="Most likely lower category, predicted by the model from frames and caption.",
     )
     predicted_confidence = models.FloatField(null=True, blank=True)
-    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    detail = models.BinaryField(null=True, editable=False,
-                                help_text="Frame features the second stage reads (ml.two_stage.VideoDetail), "
-                                          "made by model_version.")
+    published = models.BooleanField(
+        default=False, help_text="Set by the publisher: merchants' lookups and text search show published videos only.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    indexed_at = models.DateTimeField(null=True, blank=True)
+
+    processing_fields = IndexedItem.processing_fields + (
+        "duration", "width", "height", "predicted_category", "predicted_confidence")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -121,3 +120,39 @@ class Match(models.Model):
 
     def __str__(self) -> str:
         return f"{self.video_id} ↔ {self.product_id} ({self.get_direction_display()}, #{self.rank})"
+
+
+class MatchDecision(models.Model):
+    """One review decision on a match, kept for audit: who changed it, when, from what to what."""
+
+    match = models.ForeignKey(Match, on_delete=models.CASCADE, related_name="decisions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150, help_text="Kept if the account is deleted later.")
+    decided_at = models.DateTimeField(auto_now_add=True)
+    before = models.CharField(max_length=10, choices=Match.Review.choices)
+    after = models.CharField(max_length=10, choices=Match.Review.choices)
+
+    class Meta:
+        ordering = ["-decided_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.username}: {self.before} → {self.after} ({self.decided_at:%Y-%m-%d %H:%M})"
+
+
+class WorkerHeartbeat(models.Model):
+    """A running Celery worker's sign of life, written by the worker itself every few seconds (workers.celery).
+
+    Kept in the database so that health checks, uploads and the reconciler can tell whether anything
+    will process the queue and whose claims are dead, whatever the broker."""
+
+    worker = models.CharField(max_length=100, unique=True, help_text="Worker instance: node name and process id.")
+    hostname = models.CharField(max_length=100, help_text="Celery node name (celery@host).")
+    queues = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        ordering = ["hostname", "worker"]
+
+    def __str__(self) -> str:
+        return self.worker

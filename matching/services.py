@@ -9,21 +9,27 @@ import hashlib
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 from PIL import Image
 
-from catalog.models import Category, IndexState, Product
+from catalog.models import Category, Product
 from matching import vector_index
-from matching.models import Keyframe, Match, MicroVideo, ModelVersion
-from ml.video import VideoError, VideoInfo, probe_video, sample_frames
+from matching.feature_cache import feature_cache
+from matching.indexing import IndexState
+from matching.models import Keyframe, Match, MatchDecision, MicroVideo, ModelVersion
+from ml.serving.video import VideoError, VideoInfo, probe_video, sample_frames
+from workers.celery import app as celery_app
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ def active_model_version() -> ModelVersion:
 
 @functools.lru_cache(maxsize=2)
 def _load_bundle(bundle_path: str, device: str):
-    from ml.bundle import ModelBundle  # torch import deferred: the web process needs it for text search only
+    from ml.serving.bundle import ModelBundle  # torch import deferred: the web process needs it for text search only
 
     log.info("loading model bundle %s on %s", bundle_path, device)
     return ModelBundle.load(bundle_path, device=device)
@@ -63,16 +69,22 @@ def get_bundle(version: ModelVersion):
 
 
 def product_index(version: ModelVersion) -> vector_index.ProductIndex:
-    return vector_index.ProductIndex(_client(), version=version.name, dim=version.embed_dim,
-                                     prefix=settings.MILVUS_COLLECTION_PREFIX)
+    return vector_index.ProductIndex(index_client(), version=version.name, dim=version.embed_dim,
+                                     prefix=settings.MILVUS_COLLECTION_PREFIX, **_index_options())
 
 
 def video_index(version: ModelVersion) -> vector_index.VideoIndex:
-    return vector_index.VideoIndex(_client(), version=version.name, dim=version.embed_dim,
-                                   prefix=settings.MILVUS_COLLECTION_PREFIX)
+    return vector_index.VideoIndex(index_client(), version=version.name, dim=version.embed_dim,
+                                   prefix=settings.MILVUS_COLLECTION_PREFIX, **_index_options())
 
 
-def _client():
+def _index_options() -> dict:
+    """Index type, parameters and read consistency for this backend (settings.MVMATCH_INDEX_*)."""
+    return vector_index.collection_options(index_client(), settings.MVMATCH_INDEX_TYPE, settings.MVMATCH_INDEX_PARAMS,
+                                           settings.MVMATCH_SEARCH_PARAMS, settings.MVMATCH_INDEX_CONSISTENCY)
+
+
+def index_client():
     uri = settings.MILVUS_URI
     if "://" not in uri:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -156,54 +168,186 @@ def _probe(path: str) -> VideoInfo:
 
 
 # --- ingestion ------------------------------------------------------------------------------
+# One protocol for products and videos (see matching.indexing): claim, process, publish by
+# compare-and-set, loop while the content changed under us, clean up if the item was deleted.
 
-def _mark(obj, status: str, error: str = "") -> None:
-    obj.status, obj.error = status, error
-    obj.save(update_fields=["status", "error", "updated_at"])
+class InputError(ValueError):
+    """The item's own content cannot be processed (not the infrastructure's fault): it is marked failed."""
 
 
-def ingest_video(video_id: int) -> str:
-    """Probe, sample, embed, index and suggest for one video. Idempotent; input faults mark it failed."""
-    video = MicroVideo.objects.select_related("category").get(pk=video_id)
+class Outcome(NamedTuple):
+    status: str  # indexed, failed, or one of the words below
+    reason: str = ""
+
+
+CHANGED, LOST = "changed", "lost"  # internal: the revision moved on / the claim or the row is gone
+BUSY, SKIPPED, MISSING = "busy", "skipped", "missing"  # another task holds it / nothing to do / deleted
+
+
+@dataclass
+class _Processed:
+    """What processing an item made, before it is published."""
+
+    vector: np.ndarray
+    detail: bytes | None
+    category: Category | None  # what the index filters on
+    fields: dict = field(default_factory=dict)  # further columns to set on publish
+    keyframes: list[Keyframe] = field(default_factory=list)  # unsaved rows whose images are already stored
+
+
+def ingest_video(video_id: int, token: str, worker: str = "") -> Outcome:
+    """Probe, sample, embed, index and record suggestions for one video; safe to run twice."""
+    return _ingest(MicroVideo, video_id, token, worker, _process_video)
+
+
+def ingest_product(product_id: int, token: str, worker: str = "") -> Outcome:
+    """Embed a product's photos and text, index it and record the videos it fits; safe to run twice."""
+    return _ingest(Product, product_id, token, worker, _process_product)
+
+
+def _ingest(model, pk: int, token: str, worker: str, process) -> Outcome:
     version = active_model_version()
-    if video.status == IndexState.INDEXED and video.model_version_id == version.pk:
-        return video.status
-    _mark(video, IndexState.PROCESSING)
-    try:
-        path = video.file.path
-        info = _probe(path)
-        sampled = sample_frames(path, settings.MVMATCH_FRAMES_PER_VIDEO, settings.MVMATCH_KEYFRAME_SIZE, info=info)
-    except VideoError as exc:
-        video_index(version).delete([video.pk])  # a re-processed video that now fails must not stay findable
-        _mark(video, IndexState.FAILED, str(exc))
-        return video.status
+    claimed = _claim(model, pk, token, worker)
+    if claimed is not None:
+        return Outcome(claimed)
+    while True:
+        item = _item_queryset(model).filter(pk=pk).first()
+        if item is None:
+            return Outcome(MISSING)
+        try:
+            processed = process(item, version)
+        except (InputError, VideoError) as exc:
+            outcome = _publish_failure(model, pk, token, item.revision, str(exc))
+        else:
+            outcome = _publish(item, token, version, processed)
+        if outcome.status == LOST:
+            return Outcome(MISSING if not model.objects.filter(pk=pk).exists() else BUSY)
+        if outcome.status != CHANGED:
+            return outcome
+        version = active_model_version()  # an edit or a re-index: process the new revision now
+
+
+def _item_queryset(model):
+    return model.objects.select_related("category__parent__parent")
+
+
+def _claim(model, pk: int, token: str, worker: str) -> str | None:
+    """Take the item for this task; None when taken, else why not (BUSY, SKIPPED, MISSING)."""
+    now = timezone.now()
+    free = Q(claim_token="") | Q(claim_until__lt=now) | Q(claim_token=token)
+    taken = model.objects.filter(Q(pk=pk), free, status__in=[IndexState.QUEUED, IndexState.PROCESSING]).update(
+        status=IndexState.PROCESSING, claim_token=token, claimed_by=worker,
+        claim_until=now + timedelta(seconds=settings.MVMATCH_TASK_LEASE_SECONDS),
+        # a redelivered task (same token) is the same attempt
+        attempts=Case(When(claim_token=token, then=F("attempts")), default=F("attempts") + 1))
+    if taken:
+        return None
+    status = model.objects.filter(pk=pk).values_list("status", flat=True).first()
+    if status is None:
+        return MISSING
+    return BUSY if status in (IndexState.QUEUED, IndexState.PROCESSING) else SKIPPED
+
+
+_RELEASE = {"claim_token": "", "claimed_by": "", "claim_until": None}
+
+
+def _publish(item, token: str, version: ModelVersion, processed: _Processed) -> Outcome:
+    """Write the vector, then the row with its keyframes and matches in one transaction, only if this task
+    still holds the item at the revision it read."""
+    model = type(item)
+    index = index_of(model)(version)
+    index.upsert([item.pk], processed.vector[None], *([i] for i in category_ids(processed.category)))
+    item.detail = processed.detail
+    direction, ranked = _top_list(item, version, processed.vector)
+    old_images = []
+    with transaction.atomic():
+        row = model.objects.select_for_update().filter(pk=item.pk, claim_token=token).first()
+        if row is None or row.revision != item.revision:
+            status = LOST if row is None else CHANGED
+        else:
+            if processed.keyframes:
+                old_images = [kf.image.name for kf in row.keyframes.all()]
+                row.keyframes.all().delete()
+                Keyframe.objects.bulk_create(processed.keyframes)
+            model.objects.filter(pk=item.pk).update(
+                **processed.fields, detail=processed.detail, model_version=version, status=IndexState.INDEXED,
+                error="", indexed_at=timezone.now(), indexed_revision=item.revision, **_RELEASE)
+            _record(direction, version, {_anchor_field(model): item.pk}, ranked)
+            status = IndexState.INDEXED
+    if status != IndexState.INDEXED:
+        _delete_files([kf.image.name for kf in processed.keyframes])
+        if status == LOST and not model.objects.filter(pk=item.pk).exists():
+            index.delete([item.pk])  # deleted while we processed: leave nothing behind
+        return Outcome(status)
+    _delete_files(old_images)
+    return Outcome(IndexState.INDEXED)
+
+
+def _publish_failure(model, pk: int, token: str, revision: int, reason: str) -> Outcome:
+    """Mark the item failed (if still ours at this revision); a failed item is findable nowhere."""
+    failed = model.objects.filter(pk=pk, claim_token=token, revision=revision).update(
+        status=IndexState.FAILED, error=reason, **_RELEASE)
+    if not failed:
+        held = model.objects.filter(pk=pk, claim_token=token).exists()
+        return Outcome(CHANGED if held else LOST)
+    forget_item(model, pk)
+    return Outcome(IndexState.FAILED, reason)
+
+
+def fail(model, pk: int, token: str, reason: str) -> bool:
+    """Mark an item in flight failed after an error outside its content (the task gave up); False if another
+    task holds it or it is no longer in flight."""
+    failed = model.objects.filter(Q(claim_token=token) | Q(claim_token=""), pk=pk,
+                                  status__in=[IndexState.QUEUED, IndexState.PROCESSING]).update(
+        status=IndexState.FAILED, error=reason, **_RELEASE)
+    if failed:
+        forget_item(model, pk)
+    return bool(failed)
+
+
+def forget_item(model, pk: int) -> None:
+    """Remove an item that is no longer findable from every version's index, with its pending matches."""
+    for version in ModelVersion.objects.all():
+        index_of(model)(version).delete([pk])
+    Match.objects.filter(**{_anchor_field(model): pk}, status=Match.Review.PENDING).delete()
+
+
+def _process_video(video: MicroVideo, version: ModelVersion) -> _Processed:
+    path = video.file.path
+    if not Path(path).is_file():
+        raise InputError("the uploaded file is gone")
+    info = _probe(path)
+    sampled = sample_frames(path, settings.MVMATCH_FRAMES_PER_VIDEO, settings.MVMATCH_KEYFRAME_SIZE, info=info)
     bundle = get_bundle(version)
     embedded = bundle.embed_videos([sampled.frames], [video.caption])
     detail = embedded.details[0] if embedded.details else None
-    video_index(version).upsert([video.pk], embedded.vectors[:1], *([i] for i in category_ids(video.category)))
-    with transaction.atomic():
-        _replace_keyframes(video, sampled.frames, sampled.timestamps, None if detail is None else detail.kept.tolist())
-        video.duration, video.width, video.height = info.duration, info.width, info.height
-        video.detail = None if detail is None else detail.to_bytes()
-        video.predicted_category, video.predicted_confidence = _predicted_category(bundle, detail)
-        video.model_version = version
-        video.status, video.error, video.indexed_at = IndexState.INDEXED, "", timezone.now()
-        video.save()
-    suggest_products(video, settings.MVMATCH_SUGGESTIONS)
-    return video.status
+    predicted, confidence = _predicted_category(bundle, detail)
+    kept = None if detail is None else detail.kept.tolist()
+    return _Processed(
+        vector=embedded.vectors[0], detail=None if detail is None else detail.to_bytes(),
+        category=video.category or predicted,  # the stated category, else the predicted one
+        fields={"duration": info.duration, "width": info.width, "height": info.height,
+                "predicted_category": predicted, "predicted_confidence": confidence},
+        keyframes=_stored_keyframes(video, sampled.frames, sampled.timestamps, kept))
 
 
-def _replace_keyframes(video: MicroVideo, frames: np.ndarray, timestamps: list[float],
-                       salient: list[bool] | None) -> None:
-    for old in video.keyframes.all():
-        old.image.delete(save=False)
-    video.keyframes.all().delete()
+def _stored_keyframes(video: MicroVideo, frames: np.ndarray, timestamps: list[float],
+                      salient: list[bool] | None) -> list[Keyframe]:
+    keyframes = []
     for position, (frame, ts) in enumerate(zip(frames, timestamps)):
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="JPEG", quality=85)
-        kf = Keyframe(video=video, position=position, timestamp=ts, salient=True if salient is None else salient[position])
+        kf = Keyframe(video=video, position=position, timestamp=ts,
+                      salient=True if salient is None else salient[position])
         kf.image.save(f"v{video.pk}_{position}.jpg", ContentFile(buf.getvalue()), save=False)
-        kf.save()
+        keyframes.append(kf)
+    return keyframes
+
+
+def _delete_files(names: list[str]) -> None:
+    for name in names:
+        if name:
+            default_storage.delete(name)
 
 
 def _predicted_category(bundle, detail) -> tuple[Category | None, float | None]:
@@ -214,63 +358,94 @@ def _predicted_category(bundle, detail) -> tuple[Category | None, float | None]:
     return Category.objects.filter(level=Category.Level.LOWER, level_index=index).first(), probability
 
 
-def ingest_product(product_id: int) -> str:
-    """Embed a product's photos and text, index it and record the videos it fits. Idempotent."""
-    product = Product.objects.select_related("category__parent__parent").get(pk=product_id)
-    version = active_model_version()
-    if product.status == IndexState.INDEXED and product.model_version_id == version.pk:
-        return product.status
-    _mark(product, IndexState.PROCESSING)
+def _process_product(product: Product, version: ModelVersion) -> _Processed:
     try:
         photos = [_load_photo(img.image) for img in product.images.all()]
     except (OSError, ValueError) as exc:
-        _mark(product, IndexState.FAILED, f"could not read product photo: {exc}")
-        return product.status
+        raise InputError(f"could not read product photo: {exc}") from exc
     if not photos:
-        _mark(product, IndexState.FAILED, "product has no photo")
-        return product.status
+        raise InputError("product has no photo")
     embedded = get_bundle(version).embed_products([photos], [product.text])
-    product_index(version).upsert([product.pk], embedded.vectors[:1], *([i] for i in category_ids(product.category)))
-    product.detail = embedded.details[0].to_bytes() if embedded.details else None
-    product.model_version = version
-    product.status, product.error, product.indexed_at = IndexState.INDEXED, "", timezone.now()
-    product.save()
-    suggest_videos(product, settings.MVMATCH_SUGGESTIONS)
-    return product.status
+    return _Processed(vector=embedded.vectors[0], detail=embedded.details[0].to_bytes() if embedded.details else None,
+                      category=product.category)
 
 
-def _load_photo(field) -> np.ndarray:
-    with field.open("rb") as fh, Image.open(fh) as img:
-        return np.asarray(img.convert("RGB"))
+def _load_photo(image) -> np.ndarray:
+    """Pixel count checked before decoding, reduced at once (catalog.photos); PhotoError is a ValueError."""
+    from catalog.photos import decode_photo
+
+    with image.open("rb") as fh:
+        return decode_photo(fh, name=f"photo {image.name}")
 
 
 # --- lookups --------------------------------------------------------------------------------
 
-def suggest_products(video: MicroVideo, k: int, category: Category | None = None) -> list[Match]:
-    """Top-k products for a video (ad suggestions), persisted as Match rows for review."""
-    return _lookup(video, k, category, Match.Direction.VIDEO_TO_PRODUCT)
+@dataclass
+class Hit:
+    """One ranked item of a lookup, in either direction; ``review`` is the decision on record, if any."""
+
+    video: MicroVideo
+    product: Product
+    score: float
+    index_score: float
+    frame_position: int | None
+    frame_timestamp: float | None
+    rank: int
+    model_version: ModelVersion
+    review: str | None = None
 
 
-def suggest_videos(product: Product, k: int, category: Category | None = None) -> list[Match]:
-    """Top-k micro-videos a product fits (placements), persisted as Match rows for review."""
-    return _lookup(product, k, category, Match.Direction.PRODUCT_TO_VIDEO)
+def rank(obj, k: int, category: Category | None = None, *, videos: QuerySet | None = None) -> list[Hit]:
+    """The top-k of the other side for a video (ad suggestions) or a product (the videos it fits).
+
+    Reads only: the review queue is written at indexing time and by ``recompute_matches``.
+    ``videos`` restricts the video side (what the viewer may see)."""
+    from_video = isinstance(obj, MicroVideo)
+    fetch = k if videos is None else min(vector_index.MAX_TOP_K, max(4 * k, settings.MVMATCH_RERANK_TOP_N))
+    version, rows = rank_for(obj, fetch, category, from_video, settings.MVMATCH_RERANK_TOP_N)
+    other_ids = [product_id if from_video else video_id for video_id, product_id, *_ in rows]
+    if from_video:
+        others = Product.objects.select_related("category", "merchant").prefetch_related("images").defer("detail")
+    else:
+        others = (MicroVideo.objects.defer("detail") if videos is None else videos).select_related("publisher")
+    found = others.in_bulk(other_ids)
+    reviews = dict(((m.video_id, m.product_id), m.status) for m in Match.objects.filter(
+        **{_anchor_field(type(obj)): obj.pk}, model_version=version,
+        direction=_direction(from_video)).only("video_id", "product_id", "status"))
+    moments = dict(((video_id, position), ts) for video_id, position, ts in Keyframe.objects.filter(
+        video_id__in={r[0] for r in rows}).values_list("video_id", "position", "timestamp"))
+    hits = []
+    for video_id, product_id, score, index_score, frame in rows:
+        other = found.get(product_id if from_video else video_id)
+        if other is None:
+            continue  # deleted since it was indexed, or not visible to the viewer
+        video, product = (obj, other) if from_video else (other, obj)
+        hits.append(Hit(video, product, float(score), float(index_score), frame, moments.get((video_id, frame)),
+                        len(hits) + 1, version, reviews.get((video_id, product_id))))
+        if len(hits) == k:
+            break
+    return hits
 
 
-def _lookup(obj, k: int, category: Category | None, direction: str) -> list[Match]:
-    """Rank the other side for obj and record the ranked list as Match rows."""
-    from_video = direction == Match.Direction.VIDEO_TO_PRODUCT
-    version, rows = rank_for(obj, k, category, from_video, settings.MVMATCH_RERANK_TOP_N)
-    return _record(direction, version, {"video_id" if from_video else "product_id": obj.pk}, rows)
+def _direction(from_video: bool) -> str:
+    return Match.Direction.VIDEO_TO_PRODUCT if from_video else Match.Direction.PRODUCT_TO_VIDEO
 
 
-def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_top_n: int
+def _anchor_field(model) -> str:
+    return "video_id" if model is MicroVideo else "product_id"
+
+
+def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_top_n: int,
+             vector: np.ndarray | None = None, version: ModelVersion | None = None
              ) -> tuple[ModelVersion, list[tuple[int, int, float, float, int | None]]]:
-    """Search the other side's collection with obj's stored vector (first stage) and reorder its top
-    ``rerank_top_n`` with the model's second stage (ml.two_stage; 0: index order). Returns the version
+    """Search the other side's collection with obj's vector (first stage; the stored one of its indexed
+    version, unless an ingest passes the vector and version it has in memory) and reorder its top
+    ``rerank_top_n`` with the model's second stage (ml.serving.two_stage; 0: index order). Returns the version
     and the top-k rows (video, product, score, index score, driving frame); writes nothing."""
-    version = _indexed_version(obj)
+    version = version or _indexed_version(obj)
     source, target = (video_index, product_index) if from_video else (product_index, video_index)
-    vector = source(version).get([obj.pk]).get(obj.pk)
+    if vector is None:
+        vector = source(version).get([obj.pk]).get(obj.pk)
     if vector is None:
         raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
     second = _second_stage(version, obj) if rerank_top_n else None
@@ -293,31 +468,32 @@ def _second_stage(version: ModelVersion, obj):
 
 def _rerank_lookup(second, version: ModelVersion, obj, hits, from_video: bool):
     """`_rerank` of a video's product candidates or a product's video candidates."""
-    from ml.two_stage import ProductDetail, VideoDetail
+    from ml.serving.two_stage import ProductDetail, VideoDetail
 
     if from_video:
         query = VideoDetail.from_bytes(obj.detail)
-        return _rerank(version, hits, Product, lambda products, first: second.rank_products(
-            query, [ProductDetail.from_bytes(p.detail) for p in products],
-            [category_levels(p.category) for p in products], first))
+        return _rerank(version, hits, Product, lambda products, details, first: second.rank_products(
+            query, details, [category_levels(p.category) for p in products], first))
     query = ProductDetail.from_bytes(obj.detail)
-    return _rerank(version, hits, MicroVideo, lambda videos, first: second.rank_videos(
-        query, [VideoDetail.from_bytes(v.detail) for v in videos], first, [category_levels(obj.category)]))
+    return _rerank(version, hits, MicroVideo, lambda videos, details, first: second.rank_videos(
+        query, details, first, [category_levels(obj.category)]))
 
 
 def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[object, float, float, int | None]] | None:
-    """The index's candidates (rows of ``model``) reordered by ``rank(rows, index scores) -> ml.two_stage.Ranked``,
+    """The index's candidates (rows of ``model``) reordered by ``rank(rows, their stored details, index scores) ->
+    ml.serving.two_stage.Ranked``,
     as (row, final score, index score, driving frame), best first; None if a candidate lacks this version's
     stored features (a build without a second stage, or re-embedded by another version since): index order then."""
-    rows = model.objects.filter(pk__in=[h.id for h in hits])
+    rows = model.objects.filter(pk__in=[h.id for h in hits]).defer("detail")  # features: from the feature cache
     if model is Product:
         rows = rows.select_related("category__parent__parent")  # category_levels walks up the tree
     found = {row.pk: row for row in rows}
     hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
-    if not hits or any(found[h.id].detail is None or found[h.id].model_version_id != version.pk for h in hits):
+    details = feature_cache().details(model, [found[h.id] for h in hits])
+    if not hits or any(details[h.id] is None or found[h.id].model_version_id != version.pk for h in hits):
         return None
     candidates = [found[h.id] for h in hits]
-    ranked = rank(candidates, [h.score for h in hits])
+    ranked = rank(candidates, [details[h.id] for h in hits], [h.score for h in hits])
     frame = ranked.frame
     return [(candidates[i], float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
             for i in ranked.order.tolist()]
@@ -338,9 +514,11 @@ class TextSearchResult:
     videos: list[tuple[MicroVideo, float]]
 
 
-def search_text(query: str, k: int, category: Category | None = None) -> TextSearchResult:
+def search_text(query: str, k: int, category: Category | None = None, *, videos: QuerySet | None = None,
+                products: QuerySet | None = None) -> TextSearchResult:
     """Products and micro-videos for a free-text query, through the active model's query head and
-    the same Milvus collections the suggestions use."""
+    the same Milvus collections the suggestions use. ``videos`` / ``products`` restrict each side (what
+    the viewer may see: ``visible_videos``, ``visible_products``)."""
     query = query.strip()
     if not query:
         raise ValueError("the query is empty")
@@ -350,10 +528,15 @@ def search_text(query: str, k: int, category: Category | None = None) -> TextSea
         raise TextSearchUnavailable(f"model {version.name} has no text query head: rebuild or register one with it")
     embedded = bundle.embed_text_query(query, detail=bool(settings.MVMATCH_RERANK_TOP_N))
     found = {}
-    for model, index in ((Product, product_index), (MicroVideo, video_index)):
+    for model, index, allowed in ((Product, product_index, products), (MicroVideo, video_index, videos)):
         rerank = model is MicroVideo and embedded.details is not None  # the re-ranking head scores videos vs text
-        hits = index(version).search(embedded.vectors, max(k, settings.MVMATCH_RERANK_TOP_N) if rerank else k,
-                                     **_filter(category))[0]
+        fetch = max(k, settings.MVMATCH_RERANK_TOP_N) if rerank else k
+        if allowed is not None:  # room for the hits the viewer may not see
+            fetch = min(vector_index.MAX_TOP_K, max(4 * k, fetch))
+        hits = index(version).search(embedded.vectors, fetch, **_filter(category))[0]
+        if allowed is not None:
+            visible = set(allowed.filter(pk__in=[h.id for h in hits]).values_list("pk", flat=True))
+            hits = [h for h in hits if h.id in visible]
         ranked = _rerank_text(bundle.two_stage, version, embedded.details[0], hits) if rerank and hits else None
         if ranked is not None:
             found[model] = [(row, score) for row, score, _, _ in ranked[:k]]
@@ -364,10 +547,7 @@ def search_text(query: str, k: int, category: Category | None = None) -> TextSea
 
 
 def _rerank_text(second, version: ModelVersion, query, hits):
-    from ml.two_stage import VideoDetail
-
-    return _rerank(version, hits, MicroVideo, lambda videos, first: second.rank_videos(
-        query, [VideoDetail.from_bytes(v.detail) for v in videos], first))
+    return _rerank(version, hits, MicroVideo, lambda videos, details, first: second.rank_videos(query, details, first))
 
 
 def _indexed_version(obj) -> ModelVersion:
@@ -382,72 +562,176 @@ def _filter(category: Category | None) -> dict:
     return {("upper_id", "middle_id", "lower_ids")[category.level]: category.pk if category.level < 2 else [category.pk]}
 
 
+# --- the review queue -----------------------------------------------------------------------
+# Match rows are written when an item is indexed (by its worker) and by an explicit recompute, never by
+# a lookup. A recompute replaces the item's pending rows of every model version with the current
+# version's top list; reviewed rows are kept whatever their version.
+
+def recompute_matches(obj) -> list[Match]:
+    """Record obj's current top list as pending Match rows (the owner's POST .../recompute/, the admin action)."""
+    direction, ranked = _top_list(obj, _indexed_version(obj))
+    try:
+        return _record(direction, obj.model_version, {_anchor_field(type(obj)): obj.pk}, ranked)
+    except IntegrityError:  # an item of the list (or obj itself) was deleted meanwhile: record the rest
+        return _record(direction, obj.model_version, {_anchor_field(type(obj)): obj.pk}, ranked)
+
+
+def recompute_all(queryset) -> tuple[int, int]:
+    """`recompute_matches` for every indexed item of a queryset; returns (recomputed, skipped as not indexed)."""
+    indexed = queryset.filter(status=IndexState.INDEXED).select_related("category__parent__parent", "model_version")
+    done = 0
+    for obj in indexed:
+        recompute_matches(obj)
+        done += 1
+    return done, queryset.count() - done
+
+
+def _top_list(obj, version: ModelVersion, vector: np.ndarray | None = None):
+    """(direction, ranked rows) of obj's top list under ``version``, for the review queue."""
+    from_video = isinstance(obj, MicroVideo)
+    rows = rank_for(obj, settings.MVMATCH_SUGGESTIONS, None, from_video, settings.MVMATCH_RERANK_TOP_N,
+                    vector=vector, version=version)[1]
+    return _direction(from_video), rows
+
+
 @transaction.atomic
 def _record(direction: str, version: ModelVersion, anchor: dict,
             rows: list[tuple[int, int, float, float, int | None]]) -> list[Match]:
     """Upsert the ranked list of one query, rows = (video, product, score, index score, driving frame);
-    reviewed decisions are kept, pending rows that fell out are removed."""
+    reviewed decisions are kept, the anchor's other pending rows (of any version) are removed."""
     # Ids from the index may name rows deleted since; keep only live ones.
     live_videos = set(MicroVideo.objects.filter(pk__in={r[0] for r in rows}).values_list("pk", flat=True))
     live_products = set(Product.objects.filter(pk__in={r[1] for r in rows}).values_list("pk", flat=True))
     rows = [r for r in rows if r[0] in live_videos and r[1] in live_products]
     matches = []
-    for rank, (video_id, product_id, score, index_score, frame) in enumerate(rows, start=1):
+    for rank_, (video_id, product_id, score, index_score, frame) in enumerate(rows, start=1):
         match, _ = Match.objects.update_or_create(
             video_id=video_id, product_id=product_id, direction=direction, model_version=version,
-            defaults={"score": float(score), "index_score": float(index_score), "frame_position": frame, "rank": rank},
+            defaults={"score": float(score), "index_score": float(index_score), "frame_position": frame,
+                      "rank": rank_},
         )
         matches.append(match)
-    Match.objects.filter(**anchor, direction=direction, model_version=version,
-                         status=Match.Review.PENDING).exclude(pk__in=[m.pk for m in matches]).delete()
+    Match.objects.filter(**anchor, direction=direction, status=Match.Review.PENDING).exclude(
+        pk__in=[m.pk for m in matches]).delete()
     return matches
 
 
+@transaction.atomic
 def review(matches: QuerySet[Match], user, status: str) -> int:
-    """Approve or reject; who decided and when is kept on each row."""
+    """Approve or reject, for a user with ``matching.change_match`` only (checked here, whoever calls).
+    Who decided and when is kept on each row, and every change is added to the audit (MatchDecision)."""
+    from django.core.exceptions import PermissionDenied
+
     if status not in (Match.Review.APPROVED, Match.Review.REJECTED):
         raise ValueError(f"unknown review status {status!r}")
-    return matches.update(status=status, reviewed_by=user, reviewed_at=timezone.now())
+    if not user.has_perm("matching.change_match"):
+        raise PermissionDenied(f"{user} may not decide matches (needs matching.change_match)")
+    changing = list(matches.select_for_update().exclude(status=status).values_list("pk", "status"))
+    MatchDecision.objects.bulk_create([
+        MatchDecision(match_id=pk, user=user, username=user.get_username(), before=before, after=status)
+        for pk, before in changing])
+    matches.filter(pk__in=[pk for pk, _ in changing]).update(status=status, reviewed_by=user,
+                                                             reviewed_at=timezone.now())
+    return len(changing)
+
+
+@transaction.atomic
+def reopen(matches: QuerySet[Match], user) -> int:
+    """Take decisions back (the review queue's undo): the matches are pending again, for a user with
+    ``matching.change_match`` only; the audit (MatchDecision) keeps the decision and its withdrawal."""
+    from django.core.exceptions import PermissionDenied
+
+    if not user.has_perm("matching.change_match"):
+        raise PermissionDenied(f"{user} may not decide matches (needs matching.change_match)")
+    changing = list(matches.select_for_update().exclude(status=Match.Review.PENDING).values_list("pk", "status"))
+    MatchDecision.objects.bulk_create([
+        MatchDecision(match_id=pk, user=user, username=user.get_username(), before=before, after=Match.Review.PENDING)
+        for pk, before in changing])
+    matches.filter(pk__in=[pk for pk, _ in changing]).update(status=Match.Review.PENDING, reviewed_by=None,
+                                                             reviewed_at=None)
+    return len(changing)
 
 
 # --- queueing and deletion ------------------------------------------------------------------
 
+# Sent by name: the tasks module imports this one, not the other way round.
+INGEST_TASKS = {MicroVideo: "matching.tasks.ingest_video", Product: "matching.tasks.ingest_product"}
+
 def requeue(queryset) -> int:
-    """Mark products or videos queued and send them to the workers again (admin actions, `reindex`)."""
-    queue = queue_product if queryset.model is Product else queue_video
+    """Send products or videos to the workers again (an edit, admin actions, `reindex`).
+
+    Bumping the revision makes a task that is processing one of them now start over with the new state
+    instead of publishing the old one."""
+    model = queryset.model
     ids = list(queryset.values_list("pk", flat=True))
-    queryset.model.objects.filter(pk__in=ids).update(status=IndexState.QUEUED, error="")
-    for obj in queryset.model.objects.filter(pk__in=ids):
-        queue(obj)
+    model.objects.filter(pk__in=ids).update(revision=F("revision") + 1, status=IndexState.QUEUED, error="",
+                                            queued_at=timezone.now(), attempts=0)
+    for pk in ids:
+        send_to_workers(model, pk)
     return len(ids)
 
 
-def queue_video(video: MicroVideo) -> None:
-    """Send the video to the workers once the row is committed (a worker must be able to read it)."""
-    from workers.tasks import ingest_video as task
+def send_to_workers(model, pk: int) -> None:
+    """Queue the ingest task once the current transaction commits (a worker must be able to read the row)."""
+    task = INGEST_TASKS[model]
+    transaction.on_commit(lambda: celery_app.signature(task, args=[pk]).delay())
 
-    transaction.on_commit(lambda: task.delay(video.pk))
+
+def queue_video(video: MicroVideo) -> None:
+    send_to_workers(MicroVideo, video.pk)
 
 
 def queue_product(product: Product) -> None:
-    from workers.tasks import ingest_product as task
-
-    transaction.on_commit(lambda: task.delay(product.pk))
+    send_to_workers(Product, product.pk)
 
 
 def delete_video(video: MicroVideo) -> None:
-    """Remove the video's vectors from every model's index, then its row and files."""
-    for version in ModelVersion.objects.all():
-        video_index(version).delete([video.pk])
-    for kf in video.keyframes.all():
-        kf.image.delete(save=False)
-    video.file.delete(save=False)
-    video.delete()
+    """Remove the row, then its vectors and files; a task processing it meanwhile cleans up after itself."""
+    files = [video.file.name, *(kf.image.name for kf in video.keyframes.all())]
+    _delete_item(video, files)
 
 
 def delete_product(product: Product) -> None:
+    _delete_item(product, [img.image.name for img in product.images.all()])
+
+
+def _delete_item(obj, files: list[str]) -> None:
+    model, pk = type(obj), obj.pk
+    with transaction.atomic():
+        obj.delete()
     for version in ModelVersion.objects.all():
-        product_index(version).delete([product.pk])
-    for img in product.images.all():
-        img.image.delete(save=False)
-    product.delete()
+        index_of(model)(version).delete([pk])
+    _delete_files(files)
+
+
+def index_of(model):
+    return video_index if model is MicroVideo else product_index
+
+
+# --- visibility -----------------------------------------------------------------------------
+# A publisher's video is theirs (and staff's) until they publish it; merchants' lookups, text search and
+# media show other publishers' videos only once published. Products are the merchant's; publishers see
+# them as suggestions (ranked hits, search, photos). Superusers and staff see everything (mvmatch.roles).
+
+def visible_videos(user) -> QuerySet[MicroVideo]:
+    """Staff and reviewers: all; a merchant or publisher: their own and the published ones; others: none."""
+    from mvmatch.roles import has_any_role, is_reviewer, is_staff_reader
+
+    videos = MicroVideo.objects.defer("detail")
+    if is_staff_reader(user) or is_reviewer(user):
+        return videos
+    if not has_any_role(user):
+        return videos.none()
+    return videos.filter(Q(publisher=user) | Q(published=True))
+
+
+def visible_products(user) -> QuerySet[Product]:
+    """Staff, reviewers and publishers (suggestions): all; a merchant: their own; anyone else: none."""
+    from mvmatch.roles import is_merchant, is_publisher, is_reviewer, is_staff_reader
+
+    products = Product.objects.defer("detail")
+    if is_staff_reader(user) or is_reviewer(user) or is_publisher(user):
+        return products
+    if not is_merchant(user):
+        return products.none()
+    return products.filter(merchant=user)

@@ -9,7 +9,9 @@ tested and used on its own. The same code runs on three backends, chosen by the 
 - ``http://host:port`` of a Milvus standalone or distributed server (where IVF/HNSW pay off).
 
 Vectors are stored L2-normalised and searched with the cosine metric, so a score is the cosine
-similarity of the query and the hit, whatever the backend.
+similarity of the query and the hit, whatever the backend. Which index each backend gets, and at
+which consistency lookups read, is `collection_options` (chosen by measurement: `python -m
+matching.bench_index`, docs/index-benchmark.md).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ CATEGORY_FIELDS = ("upper_id", "middle_id", "lower_id")
 MAX_TOP_K = 16384  # Milvus' limit on k (and on queries per search)
 UPSERT_BATCH = 1000  # rows per request: keeps gRPC messages far below the server's size limit
 MILVUS_LITE_FLUSH_ROWS = 256  # on milvus-lite, upsert() flushes once this many rows are unflushed
+PORT_ATTEMPTS = 5  # a free port may be taken by another process before a server started here binds it
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -303,9 +306,34 @@ class VectorCollection:
         if not ids:
             return {}
         self._ready()
-        rows = self.client.get(self.name, ids=ids, output_fields=["embedding"],
-                               consistency_level=self.consistency_level)
+        found = self._get(ids, self.consistency_level)
+        missing = [i for i in ids if i not in found]
+        if missing and self.consistency_level != "Strong":  # perhaps written a moment ago: ask again, strictly
+            found |= self._get(missing, "Strong")
+        return found
+
+    def _get(self, ids: list[int], consistency_level: str) -> dict[int, np.ndarray]:
+        rows = self.client.get(self.name, ids=ids, output_fields=["embedding"], consistency_level=consistency_level)
         return {int(r["id"]): np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+
+    def ids(self) -> set[int]:
+        """Every id in the collection, read strictly (the reconciler compares them with the database)."""
+        if not self.exists():
+            return set()
+        self._ready()
+        rows = self.client.query(self.name, filter="id >= 0", output_fields=["id"], limit=MAX_TOP_K,
+                                 consistency_level="Strong")
+        if len(rows) < MAX_TOP_K:
+            return {int(r["id"]) for r in rows}
+        found: set[int] = set()  # more than one query answers: page through them
+        iterator = self.client.query_iterator(self.name, batch_size=MAX_TOP_K, filter="id >= 0",
+                                              output_fields=["id"], consistency_level="Strong")
+        try:
+            while batch := iterator.next():
+                found.update(int(r["id"]) for r in batch)
+        finally:
+            iterator.close()
+        return found
 
     def count(self) -> int:
         # count(*) sees unflushed rows and deletions; collection stats on a server do not.
@@ -315,11 +343,13 @@ class VectorCollection:
         return int(rows[0]["count(*)"])
 
     def search(self, vectors: np.ndarray, k: int, *, upper_id: int | None = None, middle_id: int | None = None,
-               lower_ids: Iterable[int] | None = None, exclude_ids: Iterable[int] | None = None) -> list[list[Hit]]:
+               lower_ids: Iterable[int] | None = None, exclude_ids: Iterable[int] | None = None,
+               consistency_level: str | None = None) -> list[list[Hit]]:
         """The k nearest rows for each query row, best first, among rows matching every given filter.
 
         ``lower_ids`` keeps rows in any of those lower categories (an empty list matches nothing);
-        ``exclude_ids`` drops those ids before ranking, so up to k other rows still come back.
+        ``exclude_ids`` drops those ids before ranking, so up to k other rows still come back;
+        ``consistency_level`` overrides the collection's for this search (e.g. "Strong" right after a write).
         """
         k = _int(k)
         if not 1 <= k <= MAX_TOP_K:
@@ -334,9 +364,57 @@ class VectorCollection:
         for start in range(0, len(queries), MAX_TOP_K):
             results += self.client.search(
                 self.name, data=list(queries[start:start + MAX_TOP_K]), anns_field="embedding", limit=k,
-                filter=expr, output_fields=["id"], consistency_level=self.consistency_level,
+                filter=expr, output_fields=["id"], consistency_level=consistency_level or self.consistency_level,
                 search_params={"metric_type": "COSINE", "params": self.search_params})
         return [[Hit(int(h["id"]), float(h["distance"])) for h in hits] for hits in results]
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """An index of the embedding field and the parameters its searches use."""
+
+    index_type: str
+    index_params: Mapping = field(default_factory=dict)
+    search_params: Mapping = field(default_factory=dict)
+
+
+# Build and search parameters of the index types we measured (docs/index-benchmark.md); other types get
+# Milvus' defaults unless parameters are given.
+INDEX_DEFAULTS = {
+    "FLAT": IndexConfig("FLAT"),
+    "HNSW": IndexConfig("HNSW", {"M": 16, "efConstruction": 128}, {"ef": 128}),
+    "IVF_FLAT": IndexConfig("IVF_FLAT", {"nlist": 1024}, {"nprobe": 32}),
+}
+# Chosen by measurement (docs/index-benchmark.md): a Milvus server builds HNSW segment by segment;
+# milvus-lite (pure Python, in the client's process) answers fastest from FLAT.
+SERVER_INDEX = INDEX_DEFAULTS["HNSW"]
+MILVUS_LITE_INDEX = INDEX_DEFAULTS["FLAT"]
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+
+
+def is_milvus_lite(client: MilvusClient) -> bool:
+    return _state(client).milvus_lite
+
+
+def collection_options(client: MilvusClient, index_type: str = "auto", index_params: Mapping | None = None,
+                       search_params: Mapping | None = None, consistency_level: str = "Bounded") -> dict:
+    """`VectorCollection` keyword arguments for this client's backend: ``index_type`` "auto" takes the
+    backend's measured choice (`SERVER_INDEX`, `MILVUS_LITE_INDEX`), any other Milvus index type is used as
+    given (with `INDEX_DEFAULTS` parameters where it has some); ``index_params`` / ``search_params``
+    override the chosen ones key by key. The index type applies
+    when a collection is created: an existing collection keeps its index (re-index into a new version).
+
+    Lookups at "Bounded" consistency may miss the writes of the last few seconds on a Milvus server (it
+    reads in milliseconds instead of waiting for a time tick); `VectorCollection.get` asks again strictly
+    for ids it did not find, and callers that just wrote can search with ``consistency_level="Strong"``."""
+    if consistency_level not in CONSISTENCY_LEVELS:
+        raise ValueError(f"consistency_level must be one of {CONSISTENCY_LEVELS}, got {consistency_level!r}")
+    if index_type.lower() == "auto":
+        chosen = MILVUS_LITE_INDEX if is_milvus_lite(client) else SERVER_INDEX
+    else:
+        chosen = INDEX_DEFAULTS.get(index_type.upper(), IndexConfig(index_type.upper()))
+    return {"index_type": chosen.index_type, "index_params": {**chosen.index_params, **(index_params or {})},
+            "search_params": {**chosen.search_params, **(search_params or {})}, "consistency_level": consistency_level}
 
 
 class ProductIndex(VectorCollection):
@@ -401,24 +479,34 @@ class MilvusLiteServer:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     def start(self) -> str:
-        """Start the server and wait until it accepts connections; returns its URI."""
+        """Start the server and wait until it accepts connections; returns its URI. A port chosen here may be
+        taken by another process before the server binds it: then it tries another one."""
         if self.process is not None:
             raise RuntimeError(f"milvus-lite server for {self.data_dir} is already running")
-        if self.port is None:
-            self.port = free_port(self._client_host)
-        elif not _port_is_free(self.host, self.port):
+        chosen_here = self.port is None
+        if not chosen_here and not _port_is_free(self.host, self.port):
             raise RuntimeError(f"cannot start milvus-lite server: {self.host}:{self.port} is already in use")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-u", "-c", _SERVER_MAIN, "server", "--data-dir", str(self.data_dir),
-                 "--host", self.host, "--port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_until_listening()
-        return self.uri
+        attempts = 0
+        while True:
+            attempts += 1
+            if chosen_here:
+                self.port = free_port(self._client_host)
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-u", "-c", _SERVER_MAIN, "server", "--data-dir", str(self.data_dir),
+                     "--host", self.host, "--port", str(self.port)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                self._wait_until_listening()
+                return self.uri
+            except RuntimeError:
+                if not chosen_here or attempts == PORT_ATTEMPTS:
+                    raise
 
     def _wait_until_listening(self) -> None:
+        """Wait until the port answers and our process is still the one running (not another on that port)."""
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process.poll() is not None:
@@ -427,6 +515,9 @@ class MilvusLiteServer:
                                    f"(log {self.log_path}):\n{self.log_tail()}")
             try:
                 socket.create_connection((self._client_host, self.port), timeout=0.5).close()
+                time.sleep(0.2)
+                if self.process.poll() is not None:
+                    continue  # the port answered for someone else and our server gave up: reported above
                 return
             except OSError:
                 if time.monotonic() > deadline:

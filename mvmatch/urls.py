@@ -1,13 +1,11 @@
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from catalog.views import CategoryViewSet, ProductViewSet
-from matching.views import MicroVideoViewSet, TextSearchView
+from matching.views import HealthView, MicroVideoViewSet, TextSearchView
+from mvmatch.roles import IssueTokenView
 
 router = DefaultRouter()
 router.register("categories", CategoryViewSet, basename="category")
@@ -18,8 +16,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(router.urls)),
     path("api/search/", TextSearchView.as_view(), name="api-search"),
-    path("api/auth/token/", obtain_auth_token, name="api-token"),
+    path("api/health/", HealthView.as_view(), name="api-health"),
+    path("api/auth/token/", IssueTokenView.as_view(), name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    # Uploaded photos and keyframes; behind a real web server in production.
-    path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", serve, {"document_root": settings.MEDIA_ROOT}),
+    # Pages for publishers, reviewers (matching.pages) and merchants (catalog.pages).
+    path("", include("matching.pages")),
+    path("", include("catalog.pages")),
+    # Uploaded videos, keyframes and photos, each after a permission check (no public media URL).
+    path("", include("matching.media")),
 ]

@@ -36,3 +36,15 @@ def make_video(path: Path, *, seconds: float = 1.5, size: int = 64, codec: str =
 @pytest.fixture
 def video_file(tmp_path) -> Path:
     return make_video(tmp_path / "clip.mp4")
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    """A small model trained end to end by our own code (image tower, MQMC towers, second stage) on generated
+    data, in the product's default configuration; built once per session."""
+    from ml.training.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("model") / "bundle"
+    build(out, BuildConfig(name="e2e", data_size="tiny-train", tower_steps=40, epochs=8, batch_size=16,
+                           queue_size=16, workers=1, progress=False))
+    return out

@@ -1,57 +1,79 @@
-"""A running mvmatch for end-to-end tests: milvus-lite server, migrated database, Celery worker, web server.
+"""A running mvmatch for end-to-end tests: migrated database, Celery worker, web server.
 
-Every part is the real process a deployment runs; the test talks to it over HTTP only.
+Every part is the process a deployment runs (prefork worker, the web server of `web_command`); the
+test talks to it over HTTP, and reads the database through `manage.py shell` only to check.
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+CELERY_APP = "workers"  # the module `celery -A` loads
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")  # the test Redis (deploy/test.sh)
+TASKS_MODULE = "matching.tasks"  # where ingest_video / ingest_product live
 
 
-def free_port() -> int:
+def unused_port() -> int:
+    """A port nothing listens on now. Another process may take it before ours binds it: callers retry."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class Stack:
+    """One deployment: its environment, its processes (by name) and an HTTP session to its API."""
+
+    web_start_attempts = 5
+    # A first lookup loads the model into the web process: slow on a loaded 2-core machine.
+    request_timeout = 120
+
     def __init__(self, workdir: Path, *, broker: str | None = None, database_url: str | None = None,
-                 milvus_uri: str | None = None):
+                 milvus_uri: str | None = None, redis_key_prefix: str | None = None):
         self.workdir = workdir
+        self.name = f"e2e-{uuid.uuid4().hex[:10]}"  # the worker's node name, unique per stack
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mvmatch.settings", "MVMATCH_VAR_DIR": str(workdir),
                     "MVMATCH_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", "MILVUS_URI": milvus_uri or ""}
         if broker:
             self.env["CELERY_BROKER_URL"] = broker
             self.env["CELERY_RESULT_BACKEND"] = broker
+        if redis_key_prefix:
+            self.env["MVMATCH_REDIS_KEY_PREFIX"] = redis_key_prefix
         if database_url:
             self.env["DATABASE_URL"] = database_url
         self.procs: dict[str, subprocess.Popen] = {}
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None
         self.session = requests.Session()
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     # -- processes -------------------------------------------------------------------------
-    def manage(self, *args: str) -> str:
+    def manage(self, *args: str, timeout: float = 300) -> str:
         out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=timeout)
         if out.returncode:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
         return out.stdout
 
-    def shell(self, code: str) -> str:
-        return self.manage("shell", "-v", "0", "-c", code).strip()
+    def shell(self, code: str, timeout: float = 300) -> str:
+        return self.manage("shell", "-v", "0", "-c", code, timeout=timeout).strip()
 
     def spawn(self, name: str, *cmd: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "w")
-        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.workdir / f"{name}.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 
@@ -62,11 +84,41 @@ class Stack:
         self.manage("migrate", "--noinput", "-v0")
         self.manage("load_ontology")
         self.manage("register_model", str(bundle), "--name", "e2e", "--activate")
-        self.spawn("worker", "-m", "celery", "-A", "workers", "worker", "-Q", "ml,celery", "--pool", "solo",
-                   "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat")
-        self.spawn("web", "manage.py", "runserver", f"127.0.0.1:{self.port}", "--noreload")
-        self.wait_for(lambda: self._answers(), 60, "web server")
+        self.start_worker()
+        self.start_web()
         return self
+
+    def worker_command(self, name: str = "") -> list[str]:
+        """The worker as a deployment runs it: the prefork pool (one child here: the machine has 2 cores).
+        ``name`` tells a further worker's node name apart."""
+        from django.conf import settings  # the stack's environment is this process's: the same queue name
+
+        return ["-m", "celery", "-A", CELERY_APP, "worker", "-Q", f"{settings.MVMATCH_ML_QUEUE},celery", "--pool", "prefork",
+                "--concurrency", "1", "-n", f"{self.name}{name}@%h", "--loglevel", "INFO", "--without-gossip",
+                "--without-mingle", "--without-heartbeat"]
+
+    def start_worker(self) -> subprocess.Popen:
+        return self.spawn("worker", *self.worker_command())
+
+    def web_command(self, port: int) -> list[str]:
+        """The web server as the demo and a deployment run it (gunicorn, deploy/gunicorn.conf.py), on ``port``."""
+        return ["-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"]
+
+    def start_web(self) -> subprocess.Popen:
+        """Start the web server on a free port; if another process took the port first, try another."""
+        for _ in range(self.web_start_attempts):
+            self.port = unused_port()
+            proc = self.spawn("web", *self.web_command(self.port))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and not self._answers():
+                time.sleep(0.3)
+            if proc.poll() is None and self._answers():
+                return proc
+            if proc.poll() is None:
+                raise TimeoutError(f"web server did not answer on {self.base} within 60 s:\n{self.log('web')[-3000:]}")
+            if "in use" not in self.log("web"):  # runserver: "port is already in use"; gunicorn: "Connection in use"
+                raise RuntimeError(f"web server exited ({proc.returncode}):\n{self.log('web')[-3000:]}")
+        raise RuntimeError(f"web server found no free port in {self.web_start_attempts} attempts")
 
     def _answers(self) -> bool:
         try:
@@ -82,6 +134,27 @@ class Stack:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+    def signal_tree(self, name: str, sig: int) -> None:
+        """Send ``sig`` to a process and all its descendants (a prefork worker and its pool), children first."""
+        pids, frontier = [], [self.procs[name].pid]
+        while frontier:
+            pid = frontier.pop()
+            pids.append(pid)
+            children = Path(f"/proc/{pid}/task/{pid}/children")
+            if children.exists():
+                frontier += [int(c) for c in children.read_text().split()]
+        for pid in reversed(pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self, name: str) -> None:
+        """kill -9 of the whole process tree, as a crash or the OOM killer would."""
+        self.signal_tree(name, signal.SIGKILL)
+        self.procs[name].wait(10)
 
     def alive(self, name: str) -> bool:
         return self.procs[name].poll() is None
@@ -94,23 +167,32 @@ class Stack:
                 return value
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({proc.returncode}) while waiting for {what}:\n{self.log(name)[-3000:]}")
+                    raise RuntimeError(f"{name} exited ({proc.returncode}) while waiting for {what}:\n"
+                                       f"{self.log(name)[-3000:]}")
             time.sleep(0.3)
         raise TimeoutError(f"timed out waiting for {what}; worker log:\n{self.log('worker')[-3000:]}")
 
+    def run_task(self, task: str, pk: int, timeout: float = 120) -> str:
+        """Send ``task`` (ingest_video / ingest_product) for ``pk`` through the broker and wait for its result."""
+        return self.shell(f"from {TASKS_MODULE} import {task}; print({task}.delay({pk}).get(timeout={timeout}))",
+                          timeout=timeout + 60)
+
     # -- API -------------------------------------------------------------------------------
-    def login(self, username: str, staff: bool = False) -> None:
+    def login(self, username: str, staff: bool = False, roles: tuple[str, ...] | list[str] = ()) -> None:
+        """Act as ``username`` (created if new) from now on; ``roles`` are the groups it joins."""
         token = self.shell(
-            "from django.contrib.auth import get_user_model; from rest_framework.authtoken.models import Token; "
+            "from django.contrib.auth import get_user_model; from django.contrib.auth.models import Group; "
+            "from rest_framework.authtoken.models import Token; "
             f"u, _ = get_user_model().objects.get_or_create(username='{username}', defaults={{'is_staff': {staff}}}); "
+            f"[u.groups.add(Group.objects.get_or_create(name=r)[0]) for r in {list(roles)!r}]; "
             "print(Token.objects.get_or_create(user=u)[0].key)")
         self.session.headers["Authorization"] = f"Token {token}"
 
     def get(self, path: str, **kw) -> requests.Response:
-        return self.session.get(self.base + path, timeout=30, **kw)
+        return self.session.get(self.base + path, timeout=self.request_timeout, **kw)
 
     def post(self, path: str, **kw) -> requests.Response:
-        return self.session.post(self.base + path, timeout=60, **kw)
+        return self.session.post(self.base + path, timeout=self.request_timeout, **kw)
 
     def wait_status(self, path: str, timeout: float = 120) -> dict:
         """Poll a video or product until it leaves queued/processing."""
@@ -118,3 +200,24 @@ class Stack:
             body = self.get(path).json()
             return body if body["status"] in ("indexed", "failed") else None
         return self.wait_for(done, timeout, path)
+
+
+@contextmanager
+def redis_namespace():
+    """A key prefix of its own on the test Redis (other runs may share it); its keys are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis does not answer on {REDIS_URL} ({exc}); `bash deploy/test.sh` starts one")
+    prefix = f"mvmatch-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+        ours = list(client.scan_iter(match=prefix + "*"))
+        assert ours, f"nothing in Redis under {prefix}: the stack did not use its namespace"
+    finally:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()

@@ -22,7 +22,12 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def user():
-    return get_user_model().objects.create_user("merchant", password="pw")
+    """Both roles: these tests create products and upload videos with one account."""
+    from django.contrib.auth.models import Group
+
+    user = get_user_model().objects.create_user("merchant", password="pw")
+    user.groups.add(*Group.objects.filter(name__in=["merchant", "publisher"]))
+    return user
 
 
 @pytest.fixture
@@ -36,9 +41,20 @@ def api(user):
 def queued(monkeypatch):
     """Tasks that would be sent to the broker (the API enqueues after commit)."""
     sent = []
-    monkeypatch.setattr("workers.tasks.ingest_video.delay", lambda pk: sent.append(("video", pk)))
-    monkeypatch.setattr("workers.tasks.ingest_product.delay", lambda pk: sent.append(("product", pk)))
+    monkeypatch.setattr("workers.celery.app.send_task",
+                        lambda name, args, *_, **__: sent.append((name.rsplit("_", 1)[1], args[0])))
     return sent
+
+
+@pytest.fixture
+def post(api, django_capture_on_commit_callbacks):
+    """POST as the client does, then run the on-commit hooks the request registered, as the commit that ends
+    a real request would: the test's wrapping transaction never commits, so without this a task queued by
+    mistake would never show in ``queued``."""
+    def send(url: str, data: dict):
+        with django_capture_on_commit_callbacks(execute=True):
+            return api.post(url, data, format="multipart")
+    return send
 
 
 def png(color=(200, 30, 30)) -> SimpleUploadedFile:
@@ -58,18 +74,17 @@ def nothing_stored(settings):
 
 def test_token_auth_required(client):
     assert APIClient().get("/api/products/").status_code == 401
-    get_user_model().objects.create_user("bob", password="pw")
+    from django.contrib.auth.models import Group
+    get_user_model().objects.create_user("bob", password="pw").groups.add(Group.objects.get(name="merchant"))
     token = APIClient().post("/api/auth/token/", {"username": "bob", "password": "pw"}).json()["token"]
     authed = APIClient(HTTP_AUTHORIZATION=f"Token {token}")
     assert authed.get("/api/products/").status_code == 200
 
 
 @pytest.mark.parametrize("category", ["clothes/bags/backpank", "backpack"])
-def test_create_product_by_path_or_name_with_photos(api, queued, category, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True):
-        r = api.post("/api/products/", {"title": "Red canvas backpack", "description": "Roomy.", "price": "39.90",
-                                        "category": category, "photos": [png(), png((0, 0, 200))]},
-                     format="multipart")
+def test_create_product_by_path_or_name_with_photos(post, queued, category):
+    r = post("/api/products/", {"title": "Red canvas backpack", "description": "Roomy.", "price": "39.90",
+                                "category": category, "photos": [png(), png((0, 0, 200))]})
     assert r.status_code == 201, r.content
     body = r.json()
     assert body["category"]["path"] == "clothes/bags/backpack"
@@ -77,12 +92,12 @@ def test_create_product_by_path_or_name_with_photos(api, queued, category, djang
     assert queued == [("product", body["id"])]
 
 
-def test_create_product_by_category_id(api, queued):
+def test_create_product_by_category_id(post, queued):
     from catalog.models import Category
     cat = Category.objects.get(path="food/fruits/mango")
-    r = api.post("/api/products/", {"title": "Mango box", "price": "5", "category": cat.pk, "photos": [png()]},
-                 format="multipart")
+    r = post("/api/products/", {"title": "Mango box", "price": "5", "category": cat.pk, "photos": [png()]})
     assert r.status_code == 201 and r.json()["category"]["id"] == cat.pk
+    assert queued == [("product", r.json()["id"])]
 
 
 @pytest.mark.parametrize("fields, field, message", [
@@ -91,30 +106,28 @@ def test_create_product_by_category_id(api, queued):
     ({"category": "cream"}, "category", "ambiguous"),
     ({"title": "   "}, "title", "blank"),
     ({"price": "-1"}, "price", "greater than or equal to 0"),
-    ({"photos": []}, "photos", ""),
+    ({"photos": []}, "photos", "This field is required"),
 ])
-def test_bad_product_input_is_rejected_and_changes_nothing(api, queued, settings, fields, field, message):
+def test_bad_product_input_is_rejected_and_changes_nothing(post, queued, settings, fields, field, message):
     data = {"title": "Mango box", "price": "5", "category": "food/fruits/mango", "photos": [png()], **fields}
     if data["photos"] == []:
         del data["photos"]
-    r = api.post("/api/products/", data, format="multipart")
+    r = post("/api/products/", data)
     assert r.status_code == 400
     assert field in r.json() and message in str(r.json()[field])
     assert Product.objects.count() == 0 and ProductImage.objects.count() == 0 and queued == []
     assert nothing_stored(settings)
 
 
-def test_photo_that_is_not_an_image_is_rejected(api, queued):
+def test_photo_that_is_not_an_image_is_rejected(post, queued, settings):
     fake = SimpleUploadedFile("photo.png", b"not an image at all", content_type="image/png")
-    r = api.post("/api/products/", {"title": "x", "price": "1", "category": "food/fruits/mango", "photos": [fake]},
-                 format="multipart")
-    assert r.status_code == 400 and "photos" in r.json()
-    assert Product.objects.count() == 0
+    r = post("/api/products/", {"title": "x", "price": "1", "category": "food/fruits/mango", "photos": [fake]})
+    assert r.status_code == 400 and "Upload a valid image" in str(r.json()["photos"])
+    assert Product.objects.count() == 0 and queued == [] and nothing_stored(settings)
 
 
-def test_upload_video_queues_it(api, queued, video_file, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True):
-        r = api.post("/api/videos/", {"file": upload(video_file), "caption": "new bag! #ootd"}, format="multipart")
+def test_upload_video_queues_it(api, post, queued, video_file):
+    r = post("/api/videos/", {"file": upload(video_file), "caption": "new bag! #ootd"})
     assert r.status_code == 202, r.content
     body = r.json()
     assert body["status"] == "queued" and body["duration"] == pytest.approx(1.5, abs=0.2)
@@ -158,7 +171,7 @@ def _bad_inputs(tmp_path: Path, video_file: Path) -> dict[str, tuple[Path, str]]
     return {
         "zero-byte": (empty, "empty"),
         "text named .mp4": (text, "not a video"),
-        "truncated mp4": (truncated, ""),
+        "truncated mp4": (truncated, "truncated or corrupt"),
         "audio only": (audio, "no video stream"),
         "image as video": (image, "image"),
         "over duration limit": (long, "limit"),
@@ -166,10 +179,10 @@ def _bad_inputs(tmp_path: Path, video_file: Path) -> dict[str, tuple[Path, str]]
     }
 
 
-def test_each_bad_video_gets_a_clear_400_and_changes_nothing(api, queued, settings, tmp_path, video_file):
+def test_each_bad_video_gets_a_clear_400_and_changes_nothing(post, queued, settings, tmp_path, video_file):
     settings.MVMATCH_MAX_VIDEO_SECONDS = 5
     for name, (path, words) in _bad_inputs(tmp_path, video_file).items():
-        r = api.post("/api/videos/", {"file": upload(path), "caption": "x"}, format="multipart")
+        r = post("/api/videos/", {"file": upload(path), "caption": "x"})
         assert r.status_code == 400, (name, r.content)
         message = " ".join(r.json()["file"]).lower()
         assert words in message, (name, message)
@@ -177,36 +190,41 @@ def test_each_bad_video_gets_a_clear_400_and_changes_nothing(api, queued, settin
     assert nothing_stored(settings)
 
 
-def test_video_over_size_limit(api, queued, settings, video_file):
+def test_video_over_size_limit(post, queued, settings, video_file):
     settings.MVMATCH_MAX_UPLOAD_BYTES = video_file.stat().st_size - 1
-    r = api.post("/api/videos/", {"file": upload(video_file)}, format="multipart")
-    assert r.status_code == 400 and "limit" in r.json()["file"][0]
-    assert MicroVideo.objects.count() == 0
+    r = post("/api/videos/", {"file": upload(video_file)})
+    assert r.status_code == 400 and "the limit is" in r.json()["file"][0]
+    assert MicroVideo.objects.count() == 0 and queued == [] and nothing_stored(settings)
 
 
-def test_too_long_caption(api, queued, video_file):
-    r = api.post("/api/videos/", {"file": upload(video_file), "caption": "#sale " * 2000}, format="multipart")
+def test_too_long_caption(post, queued, settings, video_file):
+    r = post("/api/videos/", {"file": upload(video_file), "caption": "#sale " * 2000})
     assert r.status_code == 400 and "limit is" in r.json()["caption"][0]
-    assert MicroVideo.objects.count() == 0 and queued == []
+    assert MicroVideo.objects.count() == 0 and queued == [] and nothing_stored(settings)
 
 
-def test_unknown_video_category(api, queued, video_file):
-    r = api.post("/api/videos/", {"file": upload(video_file), "category": "food/space"}, format="multipart")
+def test_unknown_video_category(post, queued, settings, video_file):
+    r = post("/api/videos/", {"file": upload(video_file), "category": "food/space"})
     assert r.status_code == 400 and "unknown category" in str(r.json()["category"])
-    assert MicroVideo.objects.count() == 0
+    assert MicroVideo.objects.count() == 0 and queued == [] and nothing_stored(settings)
 
 
-def test_duplicate_upload_is_a_conflict(api, queued, video_file):
-    first = api.post("/api/videos/", {"file": upload(video_file)}, format="multipart")
-    again = api.post("/api/videos/", {"file": upload(video_file, "renamed.mp4")}, format="multipart")
+def test_duplicate_upload_is_a_conflict(post, queued, settings, video_file):
+    first = post("/api/videos/", {"file": upload(video_file)})
+    again = post("/api/videos/", {"file": upload(video_file, "renamed.mp4")})
     assert again.status_code == 409 and again.json()["id"] == first.json()["id"]
-    assert MicroVideo.objects.count() == 1
+    assert "already uploaded" in again.json()["detail"]
+    assert MicroVideo.objects.count() == 1 and queued == [("video", first.json()["id"])]
+    assert len([f for f in Path(settings.MEDIA_ROOT).rglob("*") if f.is_file()]) == 1  # the first upload only
 
 
 def test_users_see_only_their_own(api, queued, video_file):
     api.post("/api/videos/", {"file": upload(video_file)}, format="multipart")
     other = APIClient()
-    other.force_authenticate(get_user_model().objects.create_user("other"))
+    from django.contrib.auth.models import Group
+    publisher = get_user_model().objects.create_user("other")
+    publisher.groups.add(Group.objects.get(name="publisher"))
+    other.force_authenticate(publisher)
     assert other.get("/api/videos/").json()["count"] == 0
 
 

@@ -5,7 +5,7 @@ from django.db import IntegrityError, transaction
 
 from catalog.models import Category
 from catalog.services import resolve_category
-from ml.ontology import UnknownCategory, load_ontology
+from ml.serving.ontology import UnknownCategory, load_ontology
 
 pytestmark = pytest.mark.django_db
 

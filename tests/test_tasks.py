@@ -3,10 +3,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import OperationalError
 
-from catalog.models import IndexState
 from matching import services
+from matching.indexing import IndexState
 from matching.models import MicroVideo
-from workers import tasks
+from matching import tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -29,12 +29,12 @@ def eager(settings):
 def test_transient_fault_is_retried_then_succeeds(monkeypatch, video):
     calls = []
 
-    def flaky(pk):
+    def flaky(pk, **_):
         calls.append(pk)
         if len(calls) < 3:
             raise OperationalError("database is locked")
         MicroVideo.objects.filter(pk=pk).update(status=IndexState.INDEXED)
-        return IndexState.INDEXED
+        return services.Outcome(IndexState.INDEXED)
 
     monkeypatch.setattr(services, "ingest_video", flaky)
     assert tasks.ingest_video.delay(video.pk).get() == IndexState.INDEXED
@@ -42,7 +42,7 @@ def test_transient_fault_is_retried_then_succeeds(monkeypatch, video):
 
 
 def test_transient_fault_that_persists_fails_the_record(monkeypatch, video):
-    def down(pk):
+    def down(pk, **_):
         raise ConnectionError("milvus unreachable")
 
     monkeypatch.setattr(services, "ingest_video", down)
@@ -52,7 +52,7 @@ def test_transient_fault_that_persists_fails_the_record(monkeypatch, video):
 
 
 def test_a_bug_fails_the_record_instead_of_leaving_it_processing(monkeypatch, video):
-    def bug(pk):
+    def bug(pk, **_):
         MicroVideo.objects.filter(pk=pk).update(status=IndexState.PROCESSING)
         raise KeyError("oops")
 

@@ -5,12 +5,9 @@ standalone takes seconds to start. Each test works in its own collections (uniqu
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from matching.bench_index import milvus_standalone
 from matching.vector_index import (
     MILVUS_LITE_FLUSH_ROWS,
     Hit,
@@ -28,9 +26,9 @@ from matching.vector_index import (
     VideoIndex,
     _filter_expr,
     _state,
+    collection_options,
     connect,
     disconnect,
-    free_port,
     milvus_lite_server,
 )
 
@@ -43,35 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 @contextmanager
 def embedded_milvus_standalone(base_dir: Path):
     """Milvus 2.3 standalone from the `milvus` PyPI package, on loopback ports, data under base_dir."""
-    milvus = pytest.importorskip("milvus", reason="the `milvus` package (embedded Milvus 2.3) is not installed")
-    server = milvus.MilvusServer(wait_for_started=False)
-    server.set_base_dir(str(base_dir))
-    server.listen_port = free_port()
-    for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode",
-                      "dataCoord", "dataNode"):
-        server.config.set(f"{component}.ip", "127.0.0.1")  # advertise loopback, not the first NIC
-    server.start()
+    pytest.importorskip("milvus", reason="the `milvus` package (embedded Milvus 2.3) is not installed")
     try:
-        _wait_healthy(server, base_dir, timeout=180)
-        yield f"http://127.0.0.1:{server.listen_port}"
-    finally:
-        server.stop()
-        shutil.rmtree(base_dir, ignore_errors=True)  # ~250 MB of unpacked binaries
-
-
-def _wait_healthy(server, base_dir: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.webservice_port}/healthz", timeout=2) as resp:
-                if b"OK" in resp.read():
-                    return
-        except OSError:
-            pass
-        if server.server_proc.poll() is not None or time.monotonic() > deadline:
-            log = (base_dir / "logs" / "milvus-stdout.log").read_text(errors="replace")[-3000:]
-            pytest.fail(f"embedded Milvus did not become healthy (exit code {server.server_proc.poll()}):\n{log}")
-        time.sleep(0.2)
+        with milvus_standalone(base_dir, startup_timeout=180) as uri:
+            yield uri
+    except RuntimeError as exc:
+        if "did not become healthy" not in str(exc):
+            raise
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module", params=["milvus_lite_file", "milvus_lite_server", "milvus_standalone"])
@@ -316,6 +293,40 @@ def test_connect_reuses_one_client_per_uri_and_disconnect_frees_the_store(tmp_pa
         pass
     assert connect("var/milvus.db") is not client
     disconnect("var/milvus.db")
+
+
+# --- the tuned index per backend (matching.vector_index.collection_options) ----------------------
+
+def test_collection_options_take_the_measured_index_of_each_backend_and_overrides(client):
+    options = collection_options(client)
+    if _state(client).milvus_lite:
+        assert options["index_type"] == "FLAT"
+    else:
+        assert options["index_type"] == "HNSW" and options["index_params"]["M"] > 0 and options["search_params"]["ef"] > 0
+    assert options["consistency_level"] == "Bounded"
+    custom = collection_options(client, "ivf_flat", {"nlist": 8}, {"nprobe": 8}, "Strong")
+    assert custom == {"index_type": "IVF_FLAT", "index_params": {"nlist": 8}, "search_params": {"nprobe": 8},
+                      "consistency_level": "Strong"}
+    with pytest.raises(ValueError, match="consistency_level"):
+        collection_options(client, consistency_level="Sometimes")
+
+
+def test_a_tuned_collection_builds_its_index_and_reads_its_own_writes(client, prefix):
+    """At Bounded consistency a fresh write may be invisible to a search; get() asks again strictly and a
+    search may ask for Strong, so a caller that just wrote always finds it."""
+    index = ProductIndex(client, version="v1", dim=DIM, prefix=prefix, **collection_options(client))
+    try:
+        index.ensure()
+        assert client.describe_index(index.name, "embedding")["index_type"] == index.index_type
+        data = make_rows()
+        data.upsert_into(index)
+        assert set(stored(index, data.ids)) == set(data.ids.tolist())
+        hits = index.search(data.vectors[:1], k=3, consistency_level="Strong")[0]
+        assert hits[0].id == data.ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        index.flush()
+        assert index.search(data.vectors[1:2], k=1, consistency_level="Strong")[0][0].id == data.ids[1]
+    finally:
+        index.drop()
 
 
 # --- the milvus-lite server -------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The Celery app. Broker and result backend come from Django settings (CELERY_* names).
 
 Embedded default: a filesystem broker (no server). Scale-out: Redis. ML tasks go to their own
-queue (settings.MVMATCH_ML_QUEUE) so GPU workers can consume them alone.
+queue (settings.MVMATCH_ML_QUEUE) so GPU workers can consume them alone. Tasks live with their
+Django app (matching/tasks.py, autodiscovered); what a worker runs besides them is matching/worker.py.
 """
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mvmatch.settings")
 
@@ -19,18 +20,11 @@ app.conf.update(
     task_track_started=True,
     broker_connection_retry_on_startup=True,
 )
-app.autodiscover_tasks(["workers"])
+app.autodiscover_tasks()
 
 
-@worker_process_init.connect
-def load_model_once(**_):
-    """Load the active model when a worker process starts, not on its first task."""
-    import django
-
-    django.setup()
-    from matching import services
-
-    try:
-        services.get_bundle(services.active_model_version())
-    except services.NoActiveModel:
-        pass  # tasks will say so on the record they fail
+@celeryd_init.connect
+def name_this_worker(sender=None, **_):
+    """One name per worker instance (node and main process), inherited by the pool's processes
+    (matching.health.worker_id)."""
+    os.environ["MVMATCH_WORKER_ID"] = f"{sender}/{os.getpid()}"

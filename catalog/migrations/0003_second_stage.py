@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='product',
             name='detail',
-            field=models.BinaryField(help_text='Word and photo features the second stage reads (ml.two_stage.ProductDetail), made by model_version.', null=True),
+            field=models.BinaryField(help_text='Word and photo features the second stage reads (ml.serving.two_stage.ProductDetail), made by model_version.', null=True),
         ),
     ]

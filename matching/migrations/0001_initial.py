@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=100, unique=True)),
-                ('bundle_path', models.CharField(help_text='Directory holding the checkpoints (see ml.bundle).', max_length=500)),
+                ('bundle_path', models.CharField(help_text='Directory holding the checkpoints (see ml.serving.bundle).', max_length=500)),
                 ('embed_dim', models.PositiveIntegerField()),
                 ('is_active', models.BooleanField(default=False)),
                 ('metrics', models.JSONField(blank=True, default=dict)),

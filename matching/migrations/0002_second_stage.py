@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='microvideo',
             name='detail',
-            field=models.BinaryField(help_text='Frame features the second stage reads (ml.two_stage.VideoDetail), made by model_version.', null=True),
+            field=models.BinaryField(help_text='Frame features the second stage reads (ml.serving.two_stage.VideoDetail), made by model_version.', null=True),
         ),
         migrations.AddField(
             model_name='microvideo',

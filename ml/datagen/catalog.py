@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..ontology import Category, Ontology, load_ontology
+from ml.serving.ontology import Category, Ontology, load_ontology
 from .config import SPLITS, DatasetConfig
 from .manifest import Product
 from .vocab import (BRAND_SYLLABLES, COLOURS, DEFAULT_PRICE_RANGE, DESCRIPTION_WORDS, PATTERNS, PRICE_RANGES,

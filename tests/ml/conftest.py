@@ -11,7 +11,7 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# ---- toy CLIP-like features for the video-text parts (ml.salient, ml.rerank, ml.prototypes, ...) ----------
+# ---- toy CLIP-like features for the video-text parts (ml.serving.salient, ml.serving.rerank, ml.training.prototypes, ...) ----------
 
 MIDDLE_TO_UPPER = (0, 0, 1, 1)
 
@@ -24,7 +24,7 @@ def _clip_like(num_products: int = 48, seed: int = 1, frames: int = 6, dim: int 
     (a common "black frame" direction plus random scenes) at random positions; frame kinds are
     returned. One video per product; middle category = product index % 4.
     """
-    from ml.train_instance import FeatureSet
+    from ml.training.data import FeatureSet
 
     maps = torch.Generator().manual_seed(0)  # shared by every split
     a = torch.randn(8, dim, generator=maps)
@@ -68,3 +68,19 @@ def _clip_like(num_products: int = 48, seed: int = 1, frames: int = 6, dim: int 
 def clip_like():
     """Factory of toy CLIP-like splits: ``clip_like(num_products, seed) -> (FeatureSet, frame kinds, words)``."""
     return _clip_like
+
+
+# ---- generated data for the benchmark and ablation commands ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def benchmark_data(tmp_path_factory):
+    """The tiny dataset with 12 test products, one video each: enough test queries that beating chance at
+    p < 1 % (tests.chance) says something. Shared by the benchmark and ablation tests (and their feature cache)."""
+    from dataclasses import replace
+
+    from ml.datagen import SIZES, generate_dataset
+
+    root = tmp_path_factory.mktemp("bench-data")
+    generate_dataset(root, replace(SIZES["tiny"], name="tiny-bench", products_per_lower={"train": 2, "val": 1, "test": 3},
+                                   videos={"train": None, "val": None, "test": None}), seed=0, progress=False)
+    return root

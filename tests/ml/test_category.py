@@ -1,8 +1,9 @@
 import torch
 
-from ml.category import (CategoryConfig, CategoryHead, category_accuracy, category_boost, category_filter,
-                         category_labels, fit_category_head, ontology_maps)
-from ml.ontology import load_ontology
+from ml.serving.category import (CategoryConfig, CategoryHead, category_accuracy, category_boost, category_filter,
+                                 category_labels, ontology_maps)
+from ml.training.heads import fit_category_head
+from ml.serving.ontology import load_ontology
 
 
 def test_levels_are_consistent_sums_over_the_ontology():

@@ -13,7 +13,7 @@ from ml.datagen import (FRAME_KINDS, SIZES, encode_video, generate_dataset, load
 from ml.datagen.__main__ import main as cli_main
 from ml.datagen.catalog import sample_products, visible_key
 from ml.datagen.draw import category_glyph
-from ml.ontology import load_ontology
+from ml.serving.ontology import load_ontology
 
 TINY = SIZES["tiny"]
 

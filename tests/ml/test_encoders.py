@@ -14,11 +14,11 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import load_file
 
-from ml.encoders import (
+from ml.serving.encoders import (
     MODEL_CONFIG_DIR, Encoder, PretrainedNotFound, UnknownModel, create_encoder, load_encoder,
     locate_pretrained, resize_pixels,
 )
-from ml.train_tower import Augmentation, train_tower
+from ml.training.train_tower import Augmentation, train_tower
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
 

@@ -1,11 +1,12 @@
 import numpy as np
 import torch
 
-from ml.fusion import InstanceConfig
-from ml.frame_sampling import frame_ensemble_embeddings, sample_frame_subset, shuffle_frames
-from ml.losses import LossConfig
-from ml.mqmc import MQMCConfig
-from ml.train_instance import TrainConfig, embed_videos, train
+from ml.serving.towers import InstanceConfig
+from ml.serving.frame_sampling import frame_ensemble_embeddings, sample_frame_subset, shuffle_frames
+from ml.training.losses import LossConfig
+from ml.training.mqmc import MQMCConfig
+from ml.serving.towers import embed_videos
+from ml.training.train_instance import TrainConfig, train
 
 MIDDLE_TO_UPPER = (0, 0, 1, 1)  # as in the clip_like fixture (conftest)
 

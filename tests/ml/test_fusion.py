@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ml.fusion import InstanceConfig, InstanceTower
+from ml.serving.towers import InstanceConfig, InstanceTower
 
 
 def test_feature_shortcut_starts_at_the_mean_of_the_raw_cosines():

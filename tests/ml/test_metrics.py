@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.metrics import retrieval_metrics, retrieval_ranks, selection_score
+from ml.evaluation.metrics import retrieval_metrics, retrieval_ranks, selection_score
 
 # Products are the 4 unit axes, so video row i holds its similarity to each product; every row is a
 # permutation of the same values (same norm), so the similarities compare exactly across videos.

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ml.fusion import InstanceConfig, PairBatch
-from ml.losses import InBatchContrast, LossConfig, same_product_mask
-from ml.mqmc import MQMCConfig, MultiQueueMoCo, ontology_middle_to_upper
-from ml.pooling import MeanPooling, create_pooling
+from ml.serving.towers import InstanceConfig
+from ml.training.data import PairBatch
+from ml.training.losses import InBatchContrast, LossConfig, same_product_mask
+from ml.training.mqmc import MQMCConfig, MultiQueueMoCo, ontology_middle_to_upper
+from ml.serving.pooling import MeanPooling, create_pooling
 
 TINY = InstanceConfig(visual_dim=12, text_dim=6, visual_hidden_dim=16, embed_dim=16, proj_dim=8)
 MIDDLE_TO_UPPER = (0, 0, 1, 1, 1)  # 5 middle categories under 2 upper ones

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ml.fusion import InstanceConfig
-from ml.mqmc import MQMCConfig, ontology_middle_to_upper
-from ml.mvs import (MVSFormatError, UntrustedPickleError, load_mvs_splits, load_records, main, records_to_features)
-from ml.train_instance import FeatureSet, TrainConfig, evaluate, train
+from ml.serving.towers import InstanceConfig
+from ml.training.mqmc import MQMCConfig, ontology_middle_to_upper
+from ml.evaluation.mvs import (MVSFormatError, UntrustedPickleError, load_mvs_splits, load_records, main, records_to_features)
+from ml.training.data import FeatureSet
+from ml.training.train_instance import TrainConfig, evaluate, train
 
 VISUAL, TEXT = 2048, 768
 

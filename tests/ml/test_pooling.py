@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ml.fusion import InstanceConfig, create_towers
-from ml.pooling import available_poolings, create_pooling
+from ml.serving.towers import InstanceConfig, create_towers
+from ml.serving.pooling import available_poolings, create_pooling
 
 POOLINGS = ("mean", "seq_transformer", "hierarchical")
 

@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from ml.fusion import InstanceConfig
-from ml.losses import LossConfig
-from ml.metrics import retrieval_ranks, similarity
-from ml.mqmc import MQMCConfig
-from ml.prototypes import PrototypeAttention, PrototypeMoCo, diversity_loss
-from ml.train_instance import TrainConfig, embed_products, embed_videos, evaluate, load_checkpoint, train
+from ml.serving.towers import InstanceConfig
+from ml.training.losses import LossConfig
+from ml.evaluation.metrics import retrieval_ranks, similarity
+from ml.training.mqmc import MQMCConfig
+from ml.serving.towers import PrototypeAttention, embed_products, embed_videos
+from ml.training.prototypes import PrototypeMoCo, diversity_loss
+from ml.training.train_instance import TrainConfig, evaluate, load_checkpoint, train
 
 MIDDLE_TO_UPPER = (0, 0, 1, 1)  # as in the clip_like fixture (conftest)
 

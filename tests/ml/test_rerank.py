@@ -2,9 +2,10 @@ import math
 
 import torch
 
-from ml.metrics import score_metrics
-from ml.rerank import (MultiGrainedHead, ProductFine, RerankConfig, Reranker, TopCandidates, VideoFine, aosm,
-                       fit_rerank_head, rerank_latency_ms, rerank_scores, score_top_candidates)
+from ml.evaluation.metrics import score_metrics
+from ml.serving.rerank import (MultiGrainedHead, ProductFine, RerankConfig, Reranker, TopCandidates, VideoFine, aosm,
+                               rerank_latency_ms, rerank_scores, score_top_candidates)
+from ml.training.heads import fit_rerank_head
 
 
 def fine_parts(data, words):

@@ -1,6 +1,7 @@
 import torch
 
-from ml.salient import SalientConfig, SalientFrameSelector, filter_feature_set, fit_salient_selector, kept_kind_share
+from ml.serving.salient import SalientConfig, SalientFrameSelector, filter_feature_set, kept_kind_share
+from ml.training.heads import fit_salient_selector
 
 
 def test_select_keeps_the_best_valid_frames_only():

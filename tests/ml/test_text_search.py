@@ -1,8 +1,9 @@
 import torch
 
-from ml.caption_branch import caption_scores
-from ml.metrics import retrieval_ranks
-from ml.text_search import TextQueryConfig, embed_queries, fit_text_query_head
+from ml.serving.caption_branch import caption_scores
+from ml.evaluation.metrics import retrieval_ranks
+from ml.serving.text_query import embed_queries
+from ml.training.heads import TextQueryConfig, fit_text_query_head
 
 
 def test_text_queries_find_their_videos(clip_like):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ml.encoders import create_encoder
+from ml.serving.encoders import create_encoder
 
 
 @pytest.fixture(scope="module")

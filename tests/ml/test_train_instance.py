@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from ml.fusion import InstanceConfig
-from ml.losses import LossConfig
-from ml.mqmc import MQMCConfig
-from ml.train_instance import FeatureSet, TrainConfig, embed_products, embed_videos, evaluate, load_checkpoint, train
+from ml.serving.towers import InstanceConfig
+from ml.training.losses import LossConfig
+from ml.training.mqmc import MQMCConfig
+from ml.serving.towers import embed_products, embed_videos
+from ml.training.data import FeatureSet
+from ml.training.train_instance import TrainConfig, evaluate, load_checkpoint, train
 
 MIDDLE_TO_UPPER = (0, 0, 1, 1)
 TINY = InstanceConfig(visual_dim=16, text_dim=8, visual_hidden_dim=32, embed_dim=32, proj_dim=16)

@@ -1,11 +1,12 @@
 import torch
 import torch.nn.functional as F
 
-from ml.category import CategoryConfig
-from ml.ontology import load_ontology
-from ml.rerank import RerankConfig
-from ml.salient import SalientConfig
-from ml.two_stage import ProductDetail, SplitInputs, TwoStage, TwoStageConfig, VideoDetail, fit_two_stage
+from ml.serving.category import CategoryConfig
+from ml.serving.ontology import load_ontology
+from ml.serving.rerank import RerankConfig
+from ml.serving.salient import SalientConfig
+from ml.serving.two_stage import ProductDetail, TwoStage, TwoStageConfig, VideoDetail
+from ml.training.second_stage import SplitInputs, fit_selector, fit_two_stage, salient_only
 
 CFG = TwoStageConfig(salient=SalientConfig(keep=3, steps=150), rerank=RerankConfig(epochs=8), top_n=10,
                      category=CategoryConfig(epochs=40, hidden_dim=64))
@@ -21,7 +22,7 @@ def labels_for(data) -> torch.Tensor:
 
 def inputs(data, words, two_stage) -> SplitInputs:
     """The toy split with pooled-feature embeddings standing in for the instance towers."""
-    kept = two_stage.salient_only(data)
+    kept = salient_only(two_stage, data)
     frames = (kept.video_frames * kept.video_frame_mask[..., None]).sum(1)
     video = F.normalize(F.normalize(frames, dim=-1) + data.video_caption, dim=-1)
     product = F.normalize(F.normalize(data.product_images.mean(1), dim=-1) + data.product_text, dim=-1)
@@ -33,7 +34,7 @@ def fitted(clip_like):
     train, _, train_words = clip_like(192, seed=1)
     val, kinds, val_words = clip_like(48, seed=2)
     two_stage = TwoStage(16, 16, CFG)
-    two_stage.fit_selector(train)
+    fit_selector(two_stage, train)
     report = fit_two_stage(two_stage, inputs(train, train_words, two_stage), inputs(val, val_words, two_stage))
     return two_stage, report, (val, kinds, val_words)
 
@@ -130,3 +131,21 @@ def test_caption_branch_adds_the_caption_match_and_ignores_videos_without_a_capt
                                torch.tensor([2.0, 0.0]))
     ranked = two_stage.rank_products(with_caption, [product], torch.full((1, 3), -1), torch.zeros(1))
     torch.testing.assert_close(ranked.score, torch.tensor([0.5]))
+
+
+def test_without_a_head_or_saliency_the_frame_most_like_the_photos_drives_the_match():
+    two_stage = TwoStage(4, 4, TwoStageConfig(salient=None, rerank=None, category=None))
+    frames = torch.eye(4)[[0, 1, 2, 3, 1]]  # frame 4 repeats frame 1 but is padding
+    video = VideoDetail(frames.half(), torch.tensor([True, True, True, True, False]), torch.ones(5, dtype=torch.bool))
+    ones = torch.ones(1, dtype=torch.bool)
+
+    def product(*photos):
+        return ProductDetail(torch.zeros(1, 4).half(), ones, torch.zeros(4).half(),
+                             torch.stack(photos).half(), torch.ones(len(photos), dtype=torch.bool))
+
+    near_2 = product(torch.tensor([0.1, 0, 1, 0]))
+    near_3_or_1 = product(torch.tensor([0, 0.2, 0, 1]), torch.tensor([-1.0, 0, 0, 0]))
+    ranked = two_stage.rank_products(video, [near_2, near_3_or_1], torch.full((2, 3), -1), torch.zeros(2))
+    assert ranked.frame.tolist() == [2, 3]
+    placements = two_stage.rank_videos(near_2, [video, video], torch.zeros(2))
+    assert placements.frame.tolist() == [2, 2]

@@ -1,12 +1,12 @@
-"""Tests for ml.video: every input is made here with the real ffmpeg (lavfi testsrc / sine)."""
+"""Tests for ml.serving.video: every input is made here with the real ffmpeg (lavfi testsrc / sine)."""
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
-from ml import video
-from ml.video import VideoError, is_video_container, probe_video, sample_frames
+from ml.serving import video
+from ml.serving.video import VideoError, is_video_container, probe_video, sample_frames
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from catalog.services import default_ontology_path, sync_ontology
-from ml.ontology import load_ontology
+from ml.serving.ontology import load_ontology
 
 
 class Command(BaseCommand):

@@ -12,14 +12,14 @@ class Command(BaseCommand):
             "active model version. Skips the work when that version already exists.")
 
     def add_arguments(self, parser):
-        from ml.build import add_config_arguments
+        from ml.training.build import add_config_arguments
 
         parser.add_argument("--name", default="demo-v1", help="Model version name.")
         parser.add_argument("--force", action="store_true", help="Train again even if the version exists.")
         add_config_arguments(parser, exclude=("name", "progress"))
 
     def handle(self, *args, name, force, **options):
-        from ml.build import BuildConfig, build
+        from ml.training.build import BuildConfig, build
 
         existing = ModelVersion.objects.filter(name=name).first()
         if existing and not force:

@@ -4,15 +4,18 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 from tqdm import tqdm
 
-from catalog.models import IndexState, Product
+from catalog.models import Product
+from matching.indexing import IndexState
 from catalog.serializers import ProductSerializer
 from matching import services
 from matching.models import Match, MicroVideo
+from mvmatch import roles
 
 DEMO_PASSWORD = "mvmatch-demo"
 
@@ -57,11 +60,13 @@ class Command(BaseCommand):
                 videos[v.key] = services.upload_video(publisher, upload, v.caption)
             except services.DuplicateUpload as dup:
                 videos[v.key] = dup.existing
+        # The demo publisher publishes: the merchant sees where the products fit.
+        MicroVideo.objects.filter(pk__in=[v.pk for v in videos.values()]).update(published=True)
         self._wait(MicroVideo.objects.filter(pk__in=[v.pk for v in videos.values()]), "videos", timeout)
 
         # Placements for every product now that the videos are in the index.
         for product in Product.objects.filter(pk__in=[p.pk for p in products.values()], status=IndexState.INDEXED):
-            services.suggest_videos(product, settings.MVMATCH_SUGGESTIONS)
+            services.recompute_matches(product)
         self._report(manifest, products, videos, staff)
 
     def _users(self):
@@ -72,6 +77,14 @@ class Command(BaseCommand):
             staff.save()
         merchant, _ = User.objects.get_or_create(username="merchant")
         publisher, _ = User.objects.get_or_create(username="publisher")
+        reviewer, _ = User.objects.get_or_create(username="reviewer", defaults={"is_staff": True})
+        merchant.groups.add(Group.objects.get(name=roles.MERCHANT))
+        publisher.groups.add(Group.objects.get(name=roles.PUBLISHER))
+        reviewer.groups.add(Group.objects.get(name=roles.REVIEWER))
+        for user in (merchant, publisher, reviewer):  # they sign in to the pages (deploy/demo.sh prints them)
+            if not user.password:  # created just now (or by an older demo) without one
+                user.set_password(DEMO_PASSWORD)
+                user.save()
         return staff, merchant, publisher
 
     def _wait(self, queryset, what: str, timeout: float) -> None:
@@ -110,6 +123,7 @@ class Command(BaseCommand):
             f"\n[demo] {n} micro-videos against {len(products)} products: true product ranked first for "
             f"{top1:.0%}, in the top 10 for {top10:.0%} (chance top-1: {1 / len(products):.1%})"))
         self.stdout.write(f"[demo] staff login for the admin: {staff.username} / {DEMO_PASSWORD}")
+        self.stdout.write(f"[demo] page logins: publisher, merchant, reviewer / {DEMO_PASSWORD}")
         self.stdout.write(f"[demo] API tokens: merchant {tokens['merchant']}, publisher {tokens['publisher']}")
         pending = Match.objects.filter(status=Match.Review.PENDING).count()
         self.stdout.write(f"[demo] {pending} suggested matches wait for review")

@@ -7,7 +7,7 @@ class Command(BaseCommand):
     help = "Record a trained model bundle as a model version (optionally making it the active one)."
 
     def add_arguments(self, parser):
-        parser.add_argument("bundle", help="Bundle directory written by `python -m ml.build`.")
+        parser.add_argument("bundle", help="Bundle directory written by `python -m ml.training.build`.")
         parser.add_argument("--name", help="Version name (default: the bundle's own name).")
         parser.add_argument("--activate", action="store_true", help="Make it the model new uploads are embedded with.")
 

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from catalog.models import IndexState, Product
+from catalog.models import Product
+from matching.indexing import IndexState
 from matching import services
 from matching.models import MicroVideo
 

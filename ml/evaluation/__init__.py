@@ -1,0 +1,1 @@
+"""Metrics, the benchmark, the ablation and the step-time bench."""
