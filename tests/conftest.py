@@ -48,3 +48,12 @@ def bundle(tmp_path_factory) -> Path:
     build(out, BuildConfig(name="e2e", data_size="tiny-train", tower_steps=40, epochs=8, batch_size=16,
                            queue_size=16, workers=1, progress=False))
     return out
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch):
+    """Ingest tasks sent to the broker, as ("video" | "product", id), recorded instead of sent."""
+    sent = []
+    monkeypatch.setattr("workers.celery.app.send_task",
+                        lambda name, args, *_, **__: sent.append((name.rsplit("_", 1)[1], args[0])))
+    return sent

@@ -123,7 +123,7 @@ class Stack:
     def _answers(self) -> bool:
         try:
             return requests.get(self.base + "/api/", timeout=2).status_code in (200, 401, 403)
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or listening while its workers still boot
             return False
 
     def stop(self) -> None:

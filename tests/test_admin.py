@@ -115,25 +115,22 @@ def test_review_status_needs_a_timestamp_in_the_database(matches):
         Match.objects.filter(pk=matches[0].pk).update(status="approved")
 
 
-def test_reindex_action_and_command_requeue(client, staff, matches, monkeypatch, django_capture_on_commit_callbacks):
+def test_reindex_action_and_command_requeue(client, staff, matches, sent_tasks, django_capture_on_commit_callbacks):
     from django.core.management import call_command
 
-    sent = []
-    monkeypatch.setattr("workers.celery.app.send_task",
-                        lambda name, args, *_, **__: sent.append((name.rsplit("_", 1)[1], args[0])))
     product = matches[0].product
     with django_capture_on_commit_callbacks(execute=True):
         client.post("/admin/catalog/product/", {"action": "reindex", "_selected_action": [product.pk]})
     product.refresh_from_db()
-    assert product.status == "queued" and sent == [("product", product.pk)]
+    assert product.status == "queued" and sent_tasks == [("product", product.pk)]
 
     # A new active version: `reindex` queues everything not yet embedded by it, once.
     ModelVersion.objects.update(is_active=False)
     ModelVersion.objects.create(name="v2", bundle_path="/tmp/v2", embed_dim=8, is_active=True)
-    sent.clear()
+    sent_tasks.clear()
     with django_capture_on_commit_callbacks(execute=True):
         call_command("reindex")
-    assert sorted(kind for kind, _ in sent) == ["product", "product", "video"]
+    assert sorted(kind for kind, _ in sent_tasks) == ["product", "product", "video"]
 
 
 def test_admin_search_falls_back_to_words_when_search_by_meaning_cannot_answer(client, staff, matches):

@@ -38,12 +38,9 @@ def api(user):
 
 
 @pytest.fixture
-def queued(monkeypatch):
+def queued(sent_tasks):
     """Tasks that would be sent to the broker (the API enqueues after commit)."""
-    sent = []
-    monkeypatch.setattr("workers.celery.app.send_task",
-                        lambda name, args, *_, **__: sent.append((name.rsplit("_", 1)[1], args[0])))
-    return sent
+    return sent_tasks
 
 
 @pytest.fixture

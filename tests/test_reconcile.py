@@ -28,15 +28,6 @@ def merchant():
     return get_user_model().objects.create_user("merchant")
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    """Tasks sent to the broker (after commit)."""
-    out = []
-    monkeypatch.setattr("workers.celery.app.send_task",
-                        lambda name, args, *_, **__: out.append((name.rsplit("_", 1)[1], args[0])))
-    return out
-
-
 def product(merchant, **fields) -> Product:
     category = Category.objects.get(path="clothes/bags/backpack")
     return Product.objects.create(merchant=merchant, title="bag", price=1, category=category, **fields)
@@ -62,7 +53,7 @@ def test_a_claim_is_exclusive_and_a_redelivered_task_takes_its_own_back(merchant
     assert services._claim(Product, 10 ** 9, "task-3", "w3") == services.MISSING
 
 
-def test_publish_happens_only_at_the_revision_that_was_read(merchant, version, sent,
+def test_publish_happens_only_at_the_revision_that_was_read(merchant, version, sent_tasks,
                                                             django_capture_on_commit_callbacks):
     p = product(merchant)
     services._claim(Product, p.pk, "task-1", "w1")
@@ -98,7 +89,7 @@ def test_saving_a_stale_copy_does_not_undo_what_a_worker_published(merchant, ver
 
 
 def test_sweep_requeues_work_of_dead_workers_and_fails_an_item_that_keeps_killing_them(
-        merchant, version, sent, django_capture_on_commit_callbacks, settings):
+        merchant, version, sent_tasks, django_capture_on_commit_callbacks, settings):
     now = timezone.now()
     WorkerHeartbeat.objects.create(worker="alive/1", hostname="alive", started_at=now, last_seen=now)
     lease = now + timedelta(hours=1)
@@ -115,20 +106,20 @@ def test_sweep_requeues_work_of_dead_workers_and_fails_an_item_that_keeps_killin
     fresh = product(merchant, status=IndexState.QUEUED)
     with django_capture_on_commit_callbacks(execute=True):
         report = reconcile.sweep()
-    assert sorted(sent) == sorted(("product", p.pk) for p in (orphaned, expired, forgotten))
+    assert sorted(sent_tasks) == sorted(("product", p.pk) for p in (orphaned, expired, forgotten))
     states = dict(Product.objects.values_list("pk", "status"))
     assert states[running.pk] == IndexState.PROCESSING and states[fresh.pk] == IndexState.QUEUED
     assert states[orphaned.pk] == states[expired.pk] == IndexState.QUEUED
     poison.refresh_from_db()
     assert poison.status == IndexState.FAILED and "interrupted 3 times" in poison.error
     assert report.counts["requeued from a dead worker"] == 2
-    sent.clear()
+    sent_tasks.clear()
     with django_capture_on_commit_callbacks(execute=True):
         reconcile.sweep()
-    assert sent == []  # once requeued, not again
+    assert sent_tasks == []  # once requeued, not again
 
 
-def test_repair_mends_every_kind_of_drift(merchant, version, sent, django_capture_on_commit_callbacks):
+def test_repair_mends_every_kind_of_drift(merchant, version, sent_tasks, django_capture_on_commit_callbacks):
     old = ModelVersion.objects.create(name="v0", bundle_path="/nonexistent", embed_dim=DIM)
     index, old_index = services.product_index(version), services.product_index(old)
     healthy = product(merchant, status=IndexState.INDEXED, model_version=version)
@@ -149,7 +140,7 @@ def test_repair_mends_every_kind_of_drift(merchant, version, sent, django_captur
         report = reconcile.repair()
     assert index.ids() == {healthy.pk}
     assert old_index.ids() == set()
-    assert ("product", lost_vector.pk) in sent and ("video", video.pk) in sent  # the video had no vector either
+    assert ("product", lost_vector.pk) in sent_tasks and ("video", video.pk) in sent_tasks  # the video had no vector either
     assert set(Match.objects.values_list("pk", flat=True)) == {kept.pk}
     assert not Match.objects.filter(pk__in=[pending.pk, stale.pk]).exists()
     lines = "\n".join(report.details)
