@@ -127,13 +127,14 @@ class Stack:
             return False
 
     def stop(self) -> None:
+        """Stop every process gracefully; whatever does not stop in time is killed with its children."""
         for proc in self.procs.values():
             proc.terminate()
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self.signal_tree(name, signal.SIGKILL)
                 proc.wait()
 
     def signal_tree(self, name: str, sig: int) -> None:
