@@ -62,12 +62,7 @@ def product_form(request, pk: int | None = None):
             data["photos"] = request.FILES.getlist("photos")
         serializer = ProductSerializer(product, data=data, partial=product is not None)
         if serializer.is_valid():
-            if product is None:  # as the API's ProductViewSet.perform_create / perform_update
-                saved = serializer.save(merchant=request.user)
-                services.queue_product(saved)
-            else:
-                saved = serializer.save()
-                services.requeue(Product.objects.filter(pk=saved.pk))
+            saved = services.save_product(serializer, request.user)
             return redirect("catalog-pages:product", pk=saved.pk)
         errors = serializer.errors
     return page(request, "catalog/product_form.html", {

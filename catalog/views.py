@@ -46,8 +46,7 @@ class ProductViewSet(viewsets.ModelViewSet):
         return qs if is_staff_reader(self.request.user) else qs.filter(merchant=self.request.user)
 
     def perform_create(self, serializer):
-        product = serializer.save(merchant=self.request.user)
-        services.queue_product(product)
+        services.save_product(serializer, self.request.user)
 
     def create(self, request, *args, **kwargs):
         response = super().create(request, *args, **kwargs)
@@ -55,8 +54,7 @@ class ProductViewSet(viewsets.ModelViewSet):
         return response
 
     def perform_update(self, serializer):
-        product = serializer.save()
-        services.requeue(Product.objects.filter(pk=product.pk))  # a new revision: index the new content
+        services.save_product(serializer)
 
     def perform_destroy(self, instance):
         services.delete_product(instance)

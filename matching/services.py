@@ -677,6 +677,18 @@ def send_to_workers(model, pk: int) -> None:
     transaction.on_commit(lambda: celery_app.signature(task, args=[pk]).delay())
 
 
+def save_product(serializer, merchant=None) -> Product:
+    """Save a product from a valid ProductSerializer (the API's or the merchant page's) and send it to be
+    indexed: a new one is queued, an edited one gets a new revision."""
+    if serializer.instance is None:
+        product = serializer.save(merchant=merchant)
+        queue_product(product)
+    else:
+        product = serializer.save()
+        requeue(Product.objects.filter(pk=product.pk))
+    return product
+
+
 def queue_video(video: MicroVideo) -> None:
     send_to_workers(MicroVideo, video.pk)
 
