@@ -39,6 +39,7 @@ MILVUS_BACKENDS = {
     "lite-hnsw": ("lite", "HNSW", "Bounded"),
     "server-flat-strong": ("server", "FLAT", "Strong"),  # what every backend got before the tuning
     "server-hnsw": ("server", "HNSW", "Bounded"),
+    "server-ivf": ("server", "IVF_FLAT", "Bounded"),
 }
 BACKENDS = ("numpy", "faiss", *MILVUS_BACKENDS)
 DEFAULT_BACKENDS = BACKENDS
@@ -77,6 +78,30 @@ def clustered(rows: int, queries: int, dim: int, clusters: int, seed: int, sprea
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     return draw(rows), draw(queries)
+
+
+def neighbour_contrast(vectors: np.ndarray, sample: int = 500, seed: int = 0) -> float:
+    """How much nearer a row's 10th neighbour is than a random row: mean cosine distance over mean distance to
+    the 10th nearest neighbour (itself excluded). Near 1: no structure (ANN's hardest case); larger: clearer
+    neighbourhoods."""
+    rng = np.random.default_rng(seed)
+    rows = vectors[rng.choice(len(vectors), min(sample, len(vectors)), replace=False)]
+    sims = rows @ vectors.T
+    tenth = -np.partition(-sims, K, axis=1)[:, K]  # column 0 is the row itself
+    return float((1 - sims.mean()) / max(1e-6, (1 - tenth).mean()))
+
+
+def spread_like(real: np.ndarray, seed: int) -> tuple[float, float]:
+    """The cluster spread whose synthetic rows (same count, dimension, rows per cluster) have the neighbour
+    contrast of ``real`` (e.g. a model's product embeddings, ``ml.evaluation.embedding_sample``); bisection,
+    since contrast falls as spread grows. Returns (spread, the real contrast)."""
+    target = neighbour_contrast(real)
+    low, high = 0.05, 8.0
+    for _ in range(14):
+        middle = (low + high) / 2
+        synthetic, _ = clustered(len(real), 1, real.shape[1], max(1, len(real) // 100), seed, middle)
+        low, high = (middle, high) if neighbour_contrast(synthetic) > target else (low, middle)
+    return round((low + high) / 2, 3), target
 
 
 def exact_top(data: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
@@ -171,9 +196,9 @@ def milvus_standalone(base_dir: Path, startup_timeout: float = 300) -> Iterator[
 
 
 def bench_milvus(name: str, uri: str, index_type: str, consistency: str, data, queries, truth,
-                 efs: list[int]) -> list[Result]:
+                 efs: list[int], nprobes: list[int], index_params: dict | None = None) -> list[Result]:
     client = connect(uri)
-    options = collection_options(client, index_type, consistency_level=consistency)
+    options = collection_options(client, index_type, index_params, consistency_level=consistency)
     index = ProductIndex(client, version=f"bench_{name}_{len(data)}", dim=data.shape[1], prefix="bench_", **options)
     index.drop()
     index.ensure()
@@ -200,8 +225,9 @@ def bench_milvus(name: str, uri: str, index_type: str, consistency: str, data, q
     build = time.perf_counter() - started
     progress(f"{name}: flushed, indexed and loaded in {build:.1f} s")
     backend = "milvus-lite" if MILVUS_BACKENDS[name][0] == "lite" else "Milvus standalone"
-    variants = [{**options["search_params"], "ef": ef} for ef in efs] if index_type == "HNSW" else \
-        [options["search_params"]]
+    variants = ([{**options["search_params"], "ef": ef} for ef in efs] if index_type == "HNSW" else
+                [{**options["search_params"], "nprobe": n} for n in nprobes] if index_type.startswith("IVF") else
+                [options["search_params"]])
     results = []
     for search_params in variants:
         index.search_params = search_params
@@ -216,7 +242,8 @@ def bench_milvus(name: str, uri: str, index_type: str, consistency: str, data, q
 
 
 def markdown(results: list[Result], args) -> str:
-    lines = [f"{args.rows:,} rows, {args.dim}-d, {args.clusters} clusters (spread {args.spread}), {args.queries} "
+    like = f" matched to {args.like} (neighbour contrast {args.real_contrast:.3f})" if args.like else ""
+    lines = [f"{args.rows:,} rows, {args.dim}-d, {args.clusters} clusters (spread {args.spread}{like}), {args.queries} "
              f"queries, top-{K}, batches of {BATCH}.", "",
              "| backend | insert rows/s | build s | single p50 / p95 ms | batched ms/query | recall@10 |",
              "|---|---|---|---|---|---|"]
@@ -237,12 +264,23 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(DEFAULT_BACKENDS))
     parser.add_argument("--spread", type=float, default=3.5, help="cluster spread (module doc)")
+    parser.add_argument("--like", help="a .npy of real unit vectors (ml.evaluation.embedding_sample): the spread is "
+                                       "chosen so that the synthetic rows' neighbour contrast matches theirs")
     parser.add_argument("--efs", type=int, nargs="+", default=[64, SERVER_INDEX.search_params["ef"], 256],
                         help="HNSW search breadths measured on the same index (FAISS and Milvus)")
+    parser.add_argument("--index-params", type=json.loads, default=None,
+                        help='JSON build parameters over the defaults, e.g. \'{"M": 32, "efConstruction": 256}\'')
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64],
+                        help="IVF lists probed, measured on the same index")
     parser.add_argument("--workdir", help="where the Milvus stores live (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     args.clusters = args.clusters or max(1, args.rows // 100)
+    if args.like:
+        real = np.load(args.like).astype(np.float32)
+        args.dim = real.shape[1]
+        args.spread, args.real_contrast = spread_like(real, args.seed)
+        progress(f"{args.like}: {len(real)} rows, neighbour contrast {args.real_contrast:.3f} -> spread {args.spread}")
 
     progress(f"drawing {args.rows} rows + {args.queries} queries")
     data, queries = clustered(args.rows, args.queries, args.dim, args.clusters, args.seed, args.spread)
@@ -266,19 +304,21 @@ def main(argv: list[str] | None = None) -> list[Result]:
         if "numpy" in args.backends:
             measure("numpy", lambda: bench_numpy(data, queries, truth))
         if "faiss" in args.backends:
-            m, efc = SERVER_INDEX.index_params["M"], SERVER_INDEX.index_params["efConstruction"]
+            graph = {**SERVER_INDEX.index_params, **(args.index_params or {})}
+            m, efc = graph["M"], graph["efConstruction"]
             measure("faiss", lambda: bench_faiss(data, queries, truth, m, efc, args.efs))
+        tuning = (data, queries, truth, args.efs, args.nprobes, args.index_params)
         lite = [b for b in args.backends if MILVUS_BACKENDS.get(b, ("",))[0] == "lite"]
         server = [b for b in args.backends if MILVUS_BACKENDS.get(b, ("",))[0] == "server"]
         for name in lite:
             uri = str(work / f"{name}.db")
-            measure(name, lambda: bench_milvus(name, uri, *MILVUS_BACKENDS[name][1:], data, queries, truth, args.efs))
+            measure(name, lambda: bench_milvus(name, uri, *MILVUS_BACKENDS[name][1:], *tuning))
             disconnect(uri)
         if server:
             progress("starting Milvus standalone (the `milvus` package)")
             with milvus_standalone(work / "standalone") as uri:
                 for name in server:
-                    measure(name, lambda: bench_milvus(name, uri, *MILVUS_BACKENDS[name][1:], data, queries, truth, args.efs))
+                    measure(name, lambda: bench_milvus(name, uri, *MILVUS_BACKENDS[name][1:], *tuning))
                 disconnect(uri)
     finally:
         if not args.workdir:

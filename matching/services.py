@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import tempfile
+from collections import namedtuple
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from PIL import Image
 
 from catalog.models import Category, Product
 from matching import vector_index
-from matching.feature_cache import feature_cache
+from matching.feature_cache import STAMP_FIELDS, feature_cache
 from matching.indexing import IndexState
 from matching.models import Keyframe, Match, MatchDecision, MicroVideo, ModelVersion
 from ml.serving.video import VideoError, VideoInfo, probe_video, sample_frames
@@ -453,8 +454,6 @@ def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_to
     ranked = _rerank_lookup(second, version, obj, hits, from_video) if second and hits else None
     if ranked is None:
         ranked = [(h.id, h.score, h.score, None) for h in hits]
-    else:
-        ranked = [(row.pk, score, first, frame) for row, score, first, frame in ranked]
     return version, [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
                      for cid, score, first, frame in ranked[:k]]
 
@@ -473,21 +472,22 @@ def _rerank_lookup(second, version: ModelVersion, obj, hits, from_video: bool):
     if from_video:
         query = VideoDetail.from_bytes(obj.detail)
         return _rerank(version, hits, Product, lambda products, details, first: second.rank_products(
-            query, details, [category_levels(p.category) for p in products], first))
+            query, details, [category_levels_of(p.category_id) for p in products], first))
     query = ProductDetail.from_bytes(obj.detail)
     return _rerank(version, hits, MicroVideo, lambda videos, details, first: second.rank_videos(
         query, details, first, [category_levels(obj.category)]))
 
 
-def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[object, float, float, int | None]] | None:
-    """The index's candidates (rows of ``model``) reordered by ``rank(rows, their stored details, index scores) ->
-    ml.serving.two_stage.Ranked``,
-    as (row, final score, index score, driving frame), best first; None if a candidate lacks this version's
-    stored features (a build without a second stage, or re-embedded by another version since): index order then."""
-    rows = model.objects.filter(pk__in=[h.id for h in hits]).defer("detail")  # features: from the feature cache
-    if model is Product:
-        rows = rows.select_related("category__parent__parent")  # category_levels walks up the tree
-    found = {row.pk: row for row in rows}
+def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[int, float, float, int | None]] | None:
+    """The index's candidates (rows of ``model``) reordered by ``rank(candidates, their stored details, index
+    scores) -> ml.serving.two_stage.Ranked``, as (pk, final score, index score, driving frame), best first; None if a
+    candidate lacks this version's stored features (a build without a second stage, or re-embedded by another
+    version since): index order then. Candidates are read as plain tuples (pk, the feature stamp, the category),
+    not model instances: the features come from the per-process feature cache."""
+    fields = ("pk", *STAMP_FIELDS, *(("category_id",) if model is Product else ()))
+    row_type = _candidate_types.setdefault(fields, namedtuple("Candidate", fields, rename=True))
+    found = {row.pk: row for row in map(row_type._make,
+                                        model.objects.filter(pk__in=[h.id for h in hits]).values_list(*fields))}
     hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
     details = feature_cache().details(model, [found[h.id] for h in hits])
     if not hits or any(details[h.id] is None or found[h.id].model_version_id != version.pk for h in hits):
@@ -495,8 +495,19 @@ def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[object, floa
     candidates = [found[h.id] for h in hits]
     ranked = rank(candidates, [details[h.id] for h in hits], [h.score for h in hits])
     frame = ranked.frame
-    return [(candidates[i], float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
+    return [(candidates[i].pk, float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
             for i in ranked.order.tolist()]
+
+
+_candidate_types: dict[tuple, type] = {}
+
+
+@functools.lru_cache(maxsize=4096)
+def category_levels_of(category_id: int | None) -> tuple[int, int, int]:
+    """`category_levels` by id, remembered per process (the ontology is loaded once; the model's classes follow it)."""
+    if category_id is None:
+        return (-1, -1, -1)
+    return category_levels(Category.objects.select_related("parent__parent").get(pk=category_id))
 
 
 def category_levels(category: Category | None) -> tuple[int, int, int]:
@@ -539,7 +550,8 @@ def search_text(query: str, k: int, category: Category | None = None, *, videos:
             hits = [h for h in hits if h.id in visible]
         ranked = _rerank_text(bundle.two_stage, version, embedded.details[0], hits) if rerank and hits else None
         if ranked is not None:
-            found[model] = [(row, score) for row, score, _, _ in ranked[:k]]
+            live = model.objects.in_bulk([pk for pk, *_ in ranked[:k]])
+            found[model] = [(live[pk], score) for pk, score, _, _ in ranked[:k] if pk in live]
         else:
             live = model.objects.in_bulk([h.id for h in hits])  # the index may name rows deleted since
             found[model] = [(live[h.id], h.score) for h in hits if h.id in live][:k]

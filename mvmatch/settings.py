@@ -116,7 +116,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Django's cache holds the rate limits' counts, so it must be shared by every web process: files in var/ on
 # one machine (the default), Redis (MVMATCH_CACHE_URL=redis://...) across machines.
 CACHES = {"default": (
-    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["MVMATCH_CACHE_URL"]}
+    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["MVMATCH_CACHE_URL"],
+     "KEY_PREFIX": os.environ.get("MVMATCH_REDIS_KEY_PREFIX", "")}
     if os.environ.get("MVMATCH_CACHE_URL")
     else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")})}
 

@@ -35,11 +35,14 @@ class Stack:
     """One deployment: its environment, its processes (by name) and an HTTP session to its API."""
 
     web_start_attempts = 5
+    web_start_timeout = 60  # seconds for the web server to answer (it loads the model before its workers fork)
     # A first lookup loads the model into the web process: slow on a loaded 2-core machine.
     request_timeout = 120
 
     def __init__(self, workdir: Path, *, broker: str | None = None, database_url: str | None = None,
-                 milvus_uri: str | None = None, redis_key_prefix: str | None = None):
+                 milvus_uri: str | None = None, redis_key_prefix: str | None = None,
+                 environment: dict[str, str] | None = None):
+        """``environment``: more variables for every process of the stack (e.g. MVMATCH_ML_QUEUE)."""
         self.workdir = workdir
         self.name = f"e2e-{uuid.uuid4().hex[:10]}"  # the worker's node name, unique per stack
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mvmatch.settings", "MVMATCH_VAR_DIR": str(workdir),
@@ -51,6 +54,7 @@ class Stack:
             self.env["MVMATCH_REDIS_KEY_PREFIX"] = redis_key_prefix
         if database_url:
             self.env["DATABASE_URL"] = database_url
+        self.env.update(environment or {})
         self.procs: dict[str, subprocess.Popen] = {}
         self.port: int | None = None
         self.session = requests.Session()
@@ -70,9 +74,10 @@ class Stack:
     def shell(self, code: str, timeout: float = 300) -> str:
         return self.manage("shell", "-v", "0", "-c", code, timeout=timeout).strip()
 
-    def spawn(self, name: str, *cmd: str) -> subprocess.Popen:
+    def spawn(self, name: str, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``cmd`` as process ``name`` (its output in ``name``.log); ``env`` adds to the stack's environment."""
         with open(self.workdir / f"{name}.log", "w") as log:
-            proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=self.env, stdout=log,
+            proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
                                     stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
@@ -81,24 +86,36 @@ class Stack:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def start(self, bundle: Path) -> "Stack":
-        self.manage("migrate", "--noinput", "-v0")
-        self.manage("load_ontology")
-        self.manage("register_model", str(bundle), "--name", "e2e", "--activate")
+        self.install(bundle)
         self.start_worker()
         self.start_web()
         return self
 
-    def worker_command(self, name: str = "") -> list[str]:
+    def install(self, bundle: Path) -> None:
+        """What a deployment does once before its processes start: migrations, the ontology, the model."""
+        self.manage("migrate", "--noinput", "-v0")
+        self.manage("load_ontology")
+        self.manage("register_model", str(bundle), "--name", "e2e", "--activate")
+
+    def worker_command(self, name: str = "", queues: str | None = None) -> list[str]:
         """The worker as a deployment runs it: the prefork pool (one child here: the machine has 2 cores).
-        ``name`` tells a further worker's node name apart."""
+        ``name`` tells a further worker's node name apart; ``queues`` (comma-separated) defaults to every queue."""
         from django.conf import settings  # the stack's environment is this process's: the same queue name
 
-        return ["-m", "celery", "-A", CELERY_APP, "worker", "-Q", f"{settings.MVMATCH_ML_QUEUE},celery", "--pool", "prefork",
+        queues = queues or f"{settings.MVMATCH_ML_QUEUE},celery"
+        return ["-m", "celery", "-A", CELERY_APP, "worker", "-Q", queues, "--pool", "prefork",
                 "--concurrency", "1", "-n", f"{self.name}{name}@%h", "--loglevel", "INFO", "--without-gossip",
                 "--without-mingle", "--without-heartbeat"]
 
-    def start_worker(self) -> subprocess.Popen:
-        return self.spawn("worker", *self.worker_command())
+    def start_worker(self, name: str = "worker", queues: str | None = None,
+                     env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a worker as process ``name`` (node name ``<stack>-<name>@host`` unless it is the first,
+        "worker"), consuming ``queues``, with ``env`` added to its environment (e.g. MVMATCH_DEVICE)."""
+        return self.spawn(name, *self.worker_command(self.node_name(name).removeprefix(self.name), queues), env=env)
+
+    def node_name(self, name: str = "worker") -> str:
+        """The Celery node name of worker process ``name``, without its host."""
+        return self.name if name == "worker" else f"{self.name}-{name}"
 
     def web_command(self, port: int) -> list[str]:
         """The web server as the demo and a deployment run it (gunicorn, deploy/gunicorn.conf.py), on ``port``."""
@@ -109,13 +126,14 @@ class Stack:
         for _ in range(self.web_start_attempts):
             self.port = unused_port()
             proc = self.spawn("web", *self.web_command(self.port))
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + self.web_start_timeout
             while time.monotonic() < deadline and proc.poll() is None and not self._answers():
                 time.sleep(0.3)
             if proc.poll() is None and self._answers():
                 return proc
             if proc.poll() is None:
-                raise TimeoutError(f"web server did not answer on {self.base} within 60 s:\n{self.log('web')[-3000:]}")
+                raise TimeoutError(f"web server did not answer on {self.base} within {self.web_start_timeout} s:\n"
+                                   f"{self.log('web')[-3000:]}")
             if "in use" not in self.log("web"):  # runserver: "port is already in use"; gunicorn: "Connection in use"
                 raise RuntimeError(f"web server exited ({proc.returncode}):\n{self.log('web')[-3000:]}")
         raise RuntimeError(f"web server found no free port in {self.web_start_attempts} attempts")
@@ -171,7 +189,9 @@ class Stack:
                     raise RuntimeError(f"{name} exited ({proc.returncode}) while waiting for {what}:\n"
                                        f"{self.log(name)[-3000:]}")
             time.sleep(0.3)
-        raise TimeoutError(f"timed out waiting for {what}; worker log:\n{self.log('worker')[-3000:]}")
+        workers = "".join(f"\n--- {name}:\n{self.log(name)[-3000:]}"
+                          for name in self.procs if name.startswith("worker"))
+        raise TimeoutError(f"timed out waiting for {what}; worker logs:{workers}")
 
     def run_task(self, task: str, pk: int, timeout: float = 120) -> str:
         """Send ``task`` (ingest_video / ingest_product) for ``pk`` through the broker and wait for its result."""

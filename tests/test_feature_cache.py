@@ -104,7 +104,7 @@ def test_the_second_stage_reads_candidates_features_through_the_cache(videos, mo
     assert seen["candidates"] == [first.pk, second.pk] and seen["scores"] == [0.8, 0.7]
     assert torch.equal(seen["details"][0].frames, detail(0).frames)
     assert torch.equal(seen["details"][1].frames, detail(1).frames)
-    assert [(row.pk, score, index) for row, score, index, _ in ranked] == [(second.pk, 0.9, 0.7), (first.pk, 0.5, 0.8)]
+    assert [(pk, score, index) for pk, score, index, _ in ranked] == [(second.pk, 0.9, 0.7), (first.pk, 0.5, 0.8)]
     assert cache.misses == 2
     services._rerank(videos, hits, MicroVideo, rank)
     assert cache.hits == 2  # the second lookup read no features from the database

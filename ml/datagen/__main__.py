@@ -1,10 +1,18 @@
-"""CLI: python -m ml.datagen OUT_DIR --size tiny|demo|full --seed N"""
+"""CLI: python -m ml.datagen OUT_DIR --size tiny|demo|full --seed N [--capture-mix clean=2,all=1 --caption-mix ...]"""
 from __future__ import annotations
 
 import argparse
 import time
 
 from . import SIZES, generate_dataset
+
+
+def mix(text: str) -> dict[str, float]:
+    """Parse "clean=2,all=1" into {"clean": 2.0, "all": 1.0}."""
+    try:
+        return {name.strip(): float(weight) for name, weight in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT,..., got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,11 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--visual-difficulty", type=float, help="0 easy .. 1 hard (default 0.5)")
     parser.add_argument("--frames-as-npy", action="store_true", default=None,
                         help="write train/val videos as .npy frame arrays (test videos stay encoded)")
+    parser.add_argument("--capture-mix", type=mix, help="train/val capture presets, e.g. clean=2,all=1 "
+                        "(ml.datagen.capture.CONDITIONS)")
+    parser.add_argument("--caption-mix", type=mix, help="train/val caption kinds, e.g. product_words=3,empty=1")
     args = parser.parse_args(argv)
 
     config = SIZES[args.size].with_overrides(
         caption_difficulty=args.caption_difficulty, visual_difficulty=args.visual_difficulty,
-        frames_as_npy=args.frames_as_npy, workers=args.workers,
+        frames_as_npy=args.frames_as_npy, workers=args.workers, capture_mix=args.capture_mix,
+        caption_mix=args.caption_mix,
     )
     start = time.perf_counter()
     manifest = generate_dataset(args.out_dir, config, seed=args.seed)

@@ -2,6 +2,8 @@
 
 `difficulty` (0..1) is the caption knob of the benchmark: it lowers how often each product word is
 mentioned and raises synonyms, typos, truncation, unrelated chatter and empty captions.
+`kind` (`CAPTION_KINDS`) says what a caption may carry: product words (the default, above), hashtags
+and a word or two, text without product words ("link in bio #fyp"), or nothing.
 """
 from __future__ import annotations
 
@@ -42,7 +44,32 @@ def hashtags(rng: np.random.Generator, n: int) -> list[str]:
     return [str(t) for t in rng.choice(GENERIC_HASHTAGS, size=min(n, len(GENERIC_HASHTAGS)), replace=False)]
 
 
-def make_caption(product: Product, rng: np.random.Generator, difficulty: float = 0.5) -> str:
+CAPTION_KINDS = ("product_words", "hashtags", "none", "empty")
+
+
+def hashtag_caption(rng: np.random.Generator) -> str:
+    """Hashtags and a word or two, none of them about the product."""
+    tags = hashtags(rng, int(rng.integers(2, 6)))
+    words = [str(w) for w in rng.choice(GENERIC_NOUNS, size=int(rng.integers(1, 3)), replace=False)]
+    return " ".join([*words, *tags] if rng.random() < 0.5 else [*tags, *words])
+
+
+def wordless_caption(rng: np.random.Generator) -> str:
+    """Chatter with emojis and maybe hashtags: text, but nothing that names the product."""
+    emojis = [str(e) for e in rng.choice(EMOJIS, size=int(rng.integers(0, 3)))]
+    return " ".join([str(rng.choice(CHATTER)), *emojis, *hashtags(rng, int(rng.integers(0, 3)))])
+
+
+def make_caption(product: Product, rng: np.random.Generator, difficulty: float = 0.5,
+                 kind: str = "product_words") -> str:
+    if kind == "hashtags":
+        return hashtag_caption(rng)
+    if kind == "none":
+        return wordless_caption(rng)
+    if kind == "empty":
+        return ""
+    if kind != "product_words":
+        raise ValueError(f"unknown caption kind {kind!r}; one of {CAPTION_KINDS}")
     d = float(np.clip(difficulty, 0.0, 1.0))
     if rng.random() < 0.04 + 0.16 * d:
         return ""

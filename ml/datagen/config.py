@@ -21,12 +21,17 @@ class DatasetConfig:
     caption_difficulty: float = 0.5  # 0 = caption nearly repeats the title, 1 = mostly noise / empty
     visual_difficulty: float = 0.5  # 0 = steady, well-lit product shots; 1 = small, cropped, tinted, occluded
     photo_size: int = 128
-    video_size: int = 128  # square frames; must be even for yuv420p
+    video_size: int = 128  # square footage (9:16 or square frames under the vertical condition); even for yuv420p
     fps: int = 8
     seconds: tuple[float, float] = (2.0, 4.0)
     photos_per_product: tuple[int, int] = (1, 3)
     workers: int = 1
     frames_as_npy: bool = False  # train/val videos as .npy frame arrays (test videos are always encoded)
+    # Mixes for train/val videos (the test split keeps today's videos): preset name -> weight. capture_mix names
+    # `ml.datagen.capture.CONDITIONS` presets, caption_mix `ml.datagen.captions.CAPTION_KINDS`. None: every video
+    # as the generator has always made it (clean capture, captions with product words).
+    capture_mix: dict[str, float] | None = None
+    caption_mix: dict[str, float] | None = None
 
     def with_overrides(self, **changes) -> "DatasetConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .captions import make_caption
+from .capture import CONDITIONS, DEFAULT_CRF, render_capture
+from .captions import CAPTION_KINDS, make_caption
 from .catalog import sample_products
 from .config import SPLITS, DatasetConfig
 from .draw import render_product_photo, stable_seed
@@ -23,6 +24,7 @@ from .manifest import Manifest, Product, Video, load_manifest, write_manifest
 from .video import encode_video, render_video_frames
 
 JPEG_QUALITY = 90
+DISTRACTOR_POOL = 8  # other products a video's distractors are drawn from
 
 
 def spread_sample(products: list[Product], count: int, rng: np.random.Generator) -> list[Product]:
@@ -58,32 +60,68 @@ def write_photos(product: Product, config: DatasetConfig, root: Path) -> None:
         image.save(root / rel, quality=JPEG_QUALITY)
 
 
-def write_video(video: Video, product: Product, config: DatasetConfig, seed: int, root: Path) -> Video:
+def mix_choice(mix: dict[str, float], rng: np.random.Generator) -> str:
+    names = sorted(mix)
+    weights = np.array([mix[n] for n in names], float)
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def distractor_pool(video: Video, products: list[Product], config: DatasetConfig, seed: int) -> list[Product]:
+    """A few other products of the video's split, for the distractors condition (only with a capture mix)."""
+    if config.capture_mix is None:
+        return []
+    pool = [p for p in products if p.split == video.split and p.sku != video.product_sku]
+    rng = np.random.default_rng([seed, 4, stable_seed(video.key)])
+    return [pool[i] for i in rng.choice(len(pool), size=min(len(pool), DISTRACTOR_POOL), replace=False)]
+
+
+def write_video(video: Video, product: Product, config: DatasetConfig, seed: int, root: Path,
+                others: list[Product] = ()) -> Video:
     rng = np.random.default_rng([seed, 2, stable_seed(video.key)])
-    caption = make_caption(product, rng, config.caption_difficulty)
+    mixes = np.random.default_rng([seed, 3, stable_seed(video.key)])  # the mixes' draws leave the video's own alone
+    mixed = video.split != "test"
+    caption_kind = mix_choice(config.caption_mix, mixes) if mixed and config.caption_mix else None
+    capture = mix_choice(config.capture_mix, mixes) if mixed and config.capture_mix else None
+    caption = make_caption(product, rng, config.caption_difficulty, caption_kind or "product_words")
     n_frames = int(round(rng.uniform(*config.seconds) * config.fps))
-    frames, kinds = render_video_frames(product, rng, n_frames, config.video_size, config.visual_difficulty)
+    crf = DEFAULT_CRF
+    if capture is None:
+        frames, kinds = render_video_frames(product, rng, n_frames, config.video_size, config.visual_difficulty)
+    else:
+        captured = render_capture(product, rng, n_frames, config.video_size, config.visual_difficulty,
+                                  CONDITIONS[capture], others)
+        frames, kinds, crf = captured.frames, captured.kinds, captured.crf
     if video.file.endswith(".npy"):
         np.save(root / video.file, frames)
     else:
-        encode_video(frames, root / video.file, config.fps)
-    return replace(video, caption=caption, frame_kinds=kinds)
+        encode_video(frames, root / video.file, config.fps, crf=crf)
+    return replace(video, caption=caption, frame_kinds=kinds, capture=capture, caption_kind=caption_kind)
 
 
 def run_job(job: tuple) -> Video | None:
-    kind, item, product, config, seed, root = job
+    kind, item, product, config, seed, root, others = job
     if kind == "photos":
         return write_photos(product, config, root)
-    return write_video(item, product, config, seed, root)
+    return write_video(item, product, config, seed, root, others)
 
 
 def generator_settings(config: DatasetConfig, seed: int) -> dict:
-    settings = {k: v for k, v in asdict(config).items() if k != "workers"}  # output does not depend on workers
+    # Output does not depend on workers; mixes are recorded only when set (settings of older manifests stay the same).
+    settings = {k: v for k, v in asdict(config).items()
+                if k != "workers" and not (k in ("capture_mix", "caption_mix") and v is None)}
     return {"size": config.name, "seed": seed, **settings}
+
+
+def check_mixes(config: DatasetConfig) -> None:
+    for mix, known in ((config.capture_mix, CONDITIONS), (config.caption_mix, CAPTION_KINDS)):
+        unknown = sorted(set(mix or ()) - set(known))
+        if unknown or (mix is not None and (not mix or min(mix.values()) < 0 or sum(mix.values()) <= 0)):
+            raise ValueError(f"bad mix {mix}: names must be among {sorted(known)}, weights >= 0 with a positive sum")
 
 
 def generate_dataset(out_dir: str | Path, config: DatasetConfig, seed: int = 0, workers: int | None = None,
                      progress: bool = True) -> Manifest:
+    check_mixes(config)
     root = Path(out_dir)
     products = sample_products(config, seed)
     videos = plan_videos(products, config, seed)
@@ -91,8 +129,9 @@ def generate_dataset(out_dir: str | Path, config: DatasetConfig, seed: int = 0, 
     for sub in ["images", *(f"videos/{s}" for s in SPLITS)]:
         (root / sub).mkdir(parents=True, exist_ok=True)
 
-    jobs = [("photos", None, p, config, seed, root) for p in products]
-    jobs += [("video", v, by_sku[v.product_sku], config, seed, root) for v in videos]
+    jobs = [("photos", None, p, config, seed, root, []) for p in products]
+    jobs += [("video", v, by_sku[v.product_sku], config, seed, root, distractor_pool(v, products, config, seed))
+             for v in videos]
     workers = workers or config.workers
     done: list[Video] = []
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext()

@@ -33,6 +33,15 @@ class Video:
     split: str
     fps: int
     frame_kinds: list[str] = field(default_factory=list)  # one entry per encoded frame
+    capture: str | None = None  # capture preset (ml.datagen.capture.CONDITIONS) when generated with a capture mix
+    caption_kind: str | None = None  # ml.datagen.captions.CAPTION_KINDS entry when generated with a caption mix
+
+    def record(self) -> dict:
+        """The manifest entry: the mix fields only when set, so manifests made without mixes stay as they were."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_VIDEO_FIELDS}
+
+
+OPTIONAL_VIDEO_FIELDS = ("capture", "caption_kind")
 
 
 @dataclass
@@ -78,7 +87,7 @@ def write_manifest(root: Path, generator: dict, products: list[Product], videos:
         "frame_kinds": list(FRAME_KINDS),
         "splits": split_summary(products, videos),
         "products": [asdict(p) for p in products],
-        "videos": [asdict(v) for v in videos],
+        "videos": [v.record() for v in videos],
     }
     path = Path(root) / MANIFEST_NAME
     path.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")

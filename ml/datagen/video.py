@@ -8,13 +8,14 @@ every frame's kind is returned, so salient-frame filtering can be measured again
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
 import numpy as np
 
-from .draw import (draw_occluder, draw_product, draw_shadow, grid_coords, logo_card, product_look, random_scene,
-                   studio_background, to_uint8)
+from .draw import (ProductLook, draw_occluder, draw_product, draw_shadow, grid_coords, logo_card, product_look,
+                   random_scene, studio_background, to_uint8)
 from .manifest import FRAME_KINDS, Product
 from .vocab import BRAND_SYLLABLES
 
@@ -61,10 +62,27 @@ def blur(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def product_shot(product: Product, rng: np.random.Generator, n: int, size: int, difficulty: float) -> np.ndarray:
-    """`n` frames of one shot: pose, zoom and position move linearly; lighting, scene and occluder stay."""
+@dataclass
+class ShotPlan:
+    """Everything random about one product shot, drawn before any frame is rendered (captures change it)."""
+    scene: np.ndarray  # float32 [size, size, 3] backdrop
+    scales: np.ndarray  # [2] pixels per object unit at the shot's start and end
+    centres: np.ndarray  # [2, 2] product centre (x, y) at the start and end
+    angles: tuple[float, float]
+    light: np.ndarray  # [3] per-channel gain
+    vignette: np.ndarray  # [size, size, 1]
+    occluder_seed: int | None
+    blurred: bool
+    shadow: bool
+
+    def pose(self, t: float) -> tuple:
+        """(cx, cy, scale, angle) at time t in 0..1 of the shot: pose, zoom and position move linearly."""
+        (cx, cy), scale = self.centres[0] * (1 - t) + self.centres[1] * t, self.scales[0] * (1 - t) + self.scales[1] * t
+        return cx, cy, scale, self.angles[0] * (1 - t) + self.angles[1] * t  # numpy scalars: float64 drawing
+
+
+def plan_shot(rng: np.random.Generator, size: int, difficulty: float) -> ShotPlan:
     d = difficulty
-    look = product_look(product)
     scene = studio_background(rng, size) if rng.random() < 0.25 * (1 - d) else random_scene(rng, size)
     scales = rng.uniform(0.3 - 0.18 * d, 0.42 + 0.33 * d, 2) * size
     spread = 0.08 + 0.25 * d
@@ -76,19 +94,32 @@ def product_shot(product: Product, rng: np.random.Generator, n: int, size: int, 
     vignette = 1.0 - rng.uniform(0, 0.1 + 0.6 * d) * ((x - 0.5) ** 2 + (y - 0.5) ** 2)[..., None] * 2
     occluder_seed = int(rng.integers(2**32)) if rng.random() < 0.1 + 0.5 * d else None
     blurred = rng.random() < 0.6 * d
-    shadow = scene.mean() > 120
+    return ShotPlan(scene, scales, centres, angles, light.astype(np.float32), vignette, occluder_seed, blurred,
+                    shadow=bool(scene.mean() > 120))
+
+
+def draw_shot_frame(look: ProductLook, plan: ShotPlan, t: float, backdrop: np.ndarray | None = None,
+                    pose: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """One frame of a shot at time t (0..1); ``backdrop`` replaces the plan's scene (e.g. with other products on
+    it), ``pose`` the plan's (cx, cy, scale, angle) at t."""
+    frame = (plan.scene if backdrop is None else backdrop).copy()
+    cx, cy, scale, angle = plan.pose(t) if pose is None else pose
+    if plan.shadow:
+        draw_shadow(frame, cx, cy, scale, strength=0.25)
+    draw_product(frame, look, cx, cy, scale, angle)
+    if plan.occluder_seed is not None:
+        draw_occluder(frame, np.random.default_rng(plan.occluder_seed))
+    frame = frame * plan.light * plan.vignette
+    return blur(frame) if plan.blurred else frame
+
+
+def product_shot(product: Product, rng: np.random.Generator, n: int, size: int, difficulty: float) -> np.ndarray:
+    """`n` frames of one shot: pose, zoom and position move linearly; lighting, scene and occluder stay."""
+    look = product_look(product)
+    plan = plan_shot(rng, size, difficulty)
     frames = np.empty((n, size, size, 3), np.float32)
     for i in range(n):
-        t = i / max(1, n - 1)
-        frame = scene.copy()
-        (cx, cy), scale = centres[0] * (1 - t) + centres[1] * t, scales[0] * (1 - t) + scales[1] * t
-        if shadow:
-            draw_shadow(frame, cx, cy, scale, strength=0.25)
-        draw_product(frame, look, cx, cy, scale, angles[0] * (1 - t) + angles[1] * t)
-        if occluder_seed is not None:
-            draw_occluder(frame, np.random.default_rng(occluder_seed))
-        frame = frame * light.astype(np.float32) * vignette
-        frames[i] = blur(frame) if blurred else frame
+        frames[i] = draw_shot_frame(look, plan, i / max(1, n - 1))
     return frames
 
 

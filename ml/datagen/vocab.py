@@ -115,3 +115,7 @@ CAPTION_TEMPLATES = ("{phrase}", "my new {phrase}", "obsessed with this {phrase}
                      "unboxing the {phrase}", "look at this {phrase}!", "finally got the {phrase}",
                      "{phrase} review", "is this {phrase} worth it?", "best {phrase} ever", "{phrase} under $50")
 EMOJIS = ("😍", "🔥", "✨", "💯", "🛍️", "❤️", "😂", "👀", "🙌", "📦")
+# Text burnt into captured videos (ml.datagen.capture): overlays over the product and title cards.
+OVERLAY_TEXTS = ("WAIT FOR IT", "you need this", "50% OFF", "link in bio", "PART 2", "HAUL", "must have",
+                 "POV: you found it", "SALE", "new in", "honest review", "10/10")
+TITLE_CARD_TEXTS = ("NEW HAUL", "unboxing time", "review", "what I got", "pt. 2", "try-on", "my faves", "GRWM")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ml.datagen import SIZES, DatasetConfig, generate_dataset
+from ml.datagen import CAPTION_KINDS, CONDITION_NAMES, SIZES, DatasetConfig, generate_dataset
 from ml.serving.bundle import ModelBundle
 from ml.serving.category import category_labels
 from ml.serving.text_query import embed_queries
@@ -41,15 +42,34 @@ TRAINING_SIZES: dict[str, DatasetConfig] = {
                           videos={"train": None, "val": None, "test": None}),
 }
 
+# Capture conditions and caption kinds of the training and validation videos (ml.datagen.capture, .captions):
+# name -> (capture mix, caption mix), weights. "capture": clean footage and all conditions together weigh
+# three each, every condition alone one; half the captions carry product words, the rest are hashtags,
+# chatter without product words or empty. "none": the generator's own videos, as before capture conditions.
+TRAINING_MIXES: dict[str, tuple[dict[str, float] | None, dict[str, float] | None]] = {
+    "none": (None, None),
+    "capture": ({"clean": 3.0, "all": 3.0, **{name: 1.0 for name in CONDITION_NAMES}},
+                {kind: 3.0 if kind == "product_words" else 1.0 for kind in CAPTION_KINDS}),
+}
+
 
 @dataclass
 class BuildConfig:
     name: str = "demo"
     data_size: str = "demo-train"
     seed: int = 1  # the demo catalogue uses seed 0: training products differ from it
+    # The capture-robust recipe (training_mix "capture", augmentation "capture", caption_dropout 0.3) is built with
+    # `--training-mix capture --augmentation capture --caption-dropout 0.3` and compared with this default in
+    # docs/benchmark/robustness.md; it becomes the default once it holds the demo's own figures there.
+    training_mix: str = "none"  # a name in TRAINING_MIXES
     encoder: str = "mv-tiny-vit-minilm"
     tower_steps: int = 400
     tower_batch: int = 64
+    # What the image tower's training images go through (ml.training.train_tower.AUGMENTATIONS): "capture"
+    # pastes products onto clutter, crops, turns, tints, blurs, adds noise and cut-outs, photos and frames alike.
+    augmentation: str = "light"
+    # Share of training videos the instance towers see without their caption (the empty caption's feature).
+    caption_dropout: float = 0.0
     method: str = "mqmc"
     # Instance towers learn a correction on top of the encoders' own similarity (ml.serving.towers): with a
     # few hundred training products, towers from scratch fall far below the raw features.
@@ -82,14 +102,16 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     work = Path(workdir) if workdir else out_dir.parent / f".{out_dir.name}-work"
     t0 = time.monotonic()
     timings = {}
-    data_cfg = TRAINING_SIZES.get(cfg.data_size) or SIZES[cfg.data_size]
+    capture_mix, caption_mix = TRAINING_MIXES[cfg.training_mix]
+    data_cfg = replace(TRAINING_SIZES.get(cfg.data_size) or SIZES[cfg.data_size], capture_mix=capture_mix,
+                       caption_mix=caption_mix)
     manifest = generate_dataset(work / "data", replace(data_cfg, workers=cfg.workers), seed=cfg.seed,
                                 progress=cfg.progress)
     timings["generate_s"] = time.monotonic() - t0
 
     splits = [s for s in ("train", "val") if manifest.videos_in(s)]
     recipe = FeatureRecipe(encoder=cfg.encoder, tower_steps=cfg.tower_steps, tower_batch=cfg.tower_batch,
-                           frames_per_video=cfg.frames_per_video, seed=cfg.seed)
+                           frames_per_video=cfg.frames_per_video, seed=cfg.seed, augmentation=cfg.augmentation)
     prepared = prepare_features(manifest, splits, recipe, progress=cfg.progress)
     encoder, features = prepared.encoder, prepared.features
     timings |= prepared.timings
@@ -102,9 +124,10 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
     instance = shortcut_instance(instance) if cfg.feature_shortcut else instance
     train_cfg = TrainConfig(method=cfg.method, instance=instance,
                             lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                            progress=cfg.progress)
+                            caption_dropout=cfg.caption_dropout, progress=cfg.progress)
     train_cfg.mqmc = replace(train_cfg.mqmc, queue_size=cfg.queue_size)
-    model, history = train(train_cfg, pooled["train"], pooled.get("val"), out_dir=work / "instance")
+    model, history = train(train_cfg, pooled["train"], pooled.get("val"), out_dir=work / "instance",
+                           blank_caption=encoder.encode_texts([""])[0])
     timings["instance_s"] = time.monotonic() - t
 
     best = work / "instance" / "best.pt"
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     add_config_arguments(parser, exclude=("progress",))
     args = vars(parser.parse_args(argv))
     out_dir = args.pop("out_dir")
-    meta = build(out_dir, BuildConfig(**args))
+    meta = build(out_dir, BuildConfig(**args, progress=sys.stderr.isatty()))  # no bars in a log file
     print(json.dumps({k: meta[k] for k in ("name", "metrics", "timings")}, indent=2))
 
 

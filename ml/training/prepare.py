@@ -27,7 +27,7 @@ from ml.serving.features import load_photo
 from ml.training.dataset import decode_videos, manifest_features, sampled_frame_kinds
 from ml.serving.texts import product_text
 from ml.training.data import FeatureSet
-from ml.training.train_tower import train_tower
+from ml.training.train_tower import AUGMENTATIONS, train_tower
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class FeatureRecipe:
     tower_batch: int = 64
     frames_per_video: int = 8
     seed: int = 0
+    augmentation: str = "light"  # of the image tower's training images: a name in train_tower.AUGMENTATIONS
 
 
 @dataclass
@@ -137,7 +138,8 @@ def prepare_features(manifest, splits: list[str], recipe: FeatureRecipe, *, cach
     t = time.monotonic()
     source, n_pairs = tower_pairs(manifest, frames, recipe.frames_per_video, image_size, recipe.seed)
     tower = train_tower(recipe.encoder, source, steps=recipe.tower_steps, batch_size=recipe.tower_batch,
-                        seed=recipe.seed, progress=progress, device=device)
+                        seed=recipe.seed, progress=progress, device=device,
+                        augmentation=AUGMENTATIONS[recipe.augmentation])
     timings["tower_s"] = time.monotonic() - t
 
     t = time.monotonic()

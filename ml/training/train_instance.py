@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ml.evaluation.metrics import retrieval_metrics
 from ml.serving.frame_sampling import sparse_frames
 from ml.serving.towers import InstanceConfig, InstanceTowers, embed_products, embed_videos
-from ml.training.data import FeatureSet
+from ml.training.data import FeatureSet, PairBatch
 from ml.training.losses import InBatchContrast, LossConfig
 from ml.training.mqmc import MQMCConfig, MultiQueueMoCo, ontology_middle_to_upper
 
@@ -51,6 +51,9 @@ class TrainConfig:
     # Frames per video fed to each training step, drawn at random from its valid frames in temporal
     # order: 0 = all (dense); 1 = single-frame training (Singularity); a few = sparse sampling (ClipBERT).
     train_frames: int = 0
+    # Share of training videos whose caption feature is swapped for the empty caption's
+    # (``train(blank_caption=...)``): the visual path has to carry the match when a caption says nothing.
+    caption_dropout: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -142,13 +145,18 @@ def train(
     val_set: FeatureSet | None = None,
     out_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
+    blank_caption: Tensor | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``cfg.epochs`` epochs in total (continuing a resumed run); return (model, history).
+
+    ``blank_caption``: the caption feature of an empty caption [Dt], needed when ``cfg.caption_dropout`` > 0.
 
     Resuming from ``last.pt`` with the same data and config continues bit for bit as if the run
     had not stopped: on the CPU always, on CUDA under ``torch.use_deterministic_algorithms(True)``
     (``--deterministic``); without it CUDA's atomic adds make even two fresh runs differ slightly.
     """
+    if cfg.caption_dropout > 0 and blank_caption is None:
+        raise ValueError("caption_dropout needs the empty caption's feature (blank_caption)")
     middle_to_upper = cfg.mqmc.middle_to_upper
     for data in (train_set, val_set):
         if data is not None:
@@ -184,6 +192,8 @@ def train(
                    disable=not cfg.progress, leave=False)
         for index in bar:
             batch = train_set.pair_batch(index)
+            if cfg.caption_dropout > 0:
+                batch = drop_captions(batch, cfg.caption_dropout, blank_caption)
             if cfg.train_frames:
                 batch = sparse_frames(batch, cfg.train_frames)
             result = model(batch.to(cfg.device))
@@ -208,6 +218,12 @@ def train(
             torch.save(state | {"optimizer": optimizer.state_dict(), "rng": _rng_states(shuffle), "history": history}, out / "last.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1))
     return model, history
+
+
+def drop_captions(batch: PairBatch, share: float, blank_caption: Tensor) -> PairBatch:
+    """``batch`` with the captions of a random ``share`` of its videos replaced by ``blank_caption`` (global torch RNG: resumable)."""
+    dropped = (torch.rand(len(batch)) < share).unsqueeze(1)
+    return replace(batch, video_caption=torch.where(dropped, blank_caption.to(batch.video_caption), batch.video_caption))
 
 
 def train_once(cfg: TrainConfig, train_set: FeatureSet, val_set: FeatureSet | None, out_dir: str | Path) -> tuple[dict, float]:

@@ -3,7 +3,7 @@
 LiT the other way round: the pretrained text transformer (MiniLM) stays frozen and the small
 image tower learns to land next to the captions of its images; the text projection and the
 temperature train too. Loss is CLIP's symmetric InfoNCE (open_clip's ``ClipLoss``) over the
-batch; AdamW with a warm-up + cosine schedule; light augmentation on tensors.
+batch; AdamW with a warm-up + cosine schedule; augmentation on tensors (`Augmentation`).
 
 Batches come from any source of ``(images uint8 [B, H, W, 3], texts list[str])``: a callable
 ``source(batch_size)`` or an iterable of batches (re-iterated if it runs out).
@@ -48,47 +48,185 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random resized crop + horizontal flip (one affine resample per image) and colour jitter.
+    """Capture conditions drawn onto a batch of [0, 1] images, per image and seeded, so the tower
+    learns the product rather than the frame around it.
 
-    Works on a batch of [0, 1] pixels with per-image parameters; no hue shift, since colour is
-    often what a caption says.
+    In order: paste onto clutter (the image shrunk onto a random textured background, partly out
+    of frame; a plain backdrop is keyed out so only the product lands), random resized crop with
+    rotation and flip (one affine resample), colour jitter and a colour cast, blur (separate
+    strength per axis, like motion blur), sensor noise, cut-out. Every image of the batch goes
+    through it: product photos as much as video frames. No hue shift, since colour is often what
+    a caption says. Each op is off at 0 (``flip``: False).
     """
 
     min_scale: float = 0.5  # smallest crop area, as a fraction of the image
     max_aspect: float = 4 / 3
     flip: bool = True
+    rotation: float = 0.0  # largest rotation, degrees either way
     jitter: float = 0.3  # brightness / contrast / saturation factors drawn from [1 - j, 1 + j]
+    colour_cast: float = 0.0  # per-channel gains drawn from [1 - c, 1 + c]
+    paste: float = 0.0  # share of images pasted onto clutter
+    paste_scale: tuple[float, float] = (0.35, 0.8)  # side of the pasted image, as a fraction of the frame's
+    paste_out: float = 0.25  # how far past the frame's edge the pasted image may reach, as a fraction of its side
+    key_threshold: float = 0.12  # colour distance from a plain backdrop at which a pixel counts as product
+    blur: float = 0.0  # share of images blurred
+    blur_sigma: float = 1.5  # largest blur, pixels (each axis drawn on its own)
+    noise: float = 0.0  # largest standard deviation of the added Gaussian noise
+    cutout: float = 0.0  # share of images with a rectangle painted over
+    cutout_size: float = 0.35  # largest side of that rectangle, as a fraction of the image
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n = pixels.shape[0]
+        x = pixels
+        if self.paste > 0:
+            x, _ = self.paste_onto_clutter(x, generator)
+        x = self._crop(x, generator)
+        x = self._colour(x, generator)
+        if self.blur > 0 and self.blur_sigma > 0:
+            x = self._blur(x, generator)
+        if self.noise > 0:
+            x = x + _uniform(x, generator, 0.0, self.noise).view(-1, 1, 1, 1) * _randn(x, generator)
+        if self.cutout > 0 and self.cutout_size > 0:
+            x = self._cutout(x, generator)
+        return x.clamp(0, 1)
 
-        def uniform(low: float, high: float) -> torch.Tensor:
-            return (low + (high - low) * torch.rand(n, generator=generator)).to(pixels.device)
+    def paste_onto_clutter(self, pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images (a ``paste`` share of them) shrunk onto random clutter; returns (images, alpha [N, 1, H, W]):
+        where the source lands. A source whose border is plain (a catalogue backdrop) pastes only what differs from it."""
+        n, _, h, w = pixels.shape
+        chosen = (_uniform(pixels, generator, 0.0, 1.0) < self.paste).nonzero().flatten()
+        k = len(chosen)
+        side = _uniform(chosen, generator, *self.paste_scale)
+        reach = (1 - side + 2 * self.paste_out * side).clamp(min=0)  # how far the centre may move from the middle
+        centre_x = _uniform(chosen, generator, -1.0, 1.0) * reach
+        centre_y = _uniform(chosen, generator, -1.0, 1.0) * reach
+        theta = torch.zeros(k, 2, 3, device=pixels.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / side
+        theta[:, 0, 2], theta[:, 1, 2] = -centre_x / side, -centre_y / side
+        grid = F.affine_grid(theta, [k, 4, h, w], align_corners=False)
+        source = torch.cat([pixels[chosen], _product_mask(pixels[chosen], self.key_threshold)], dim=1)
+        placed = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alpha = placed[:, 3:]
+        out, out_alpha = pixels.clone(), pixels.new_zeros(n, 1, h, w)
+        out[chosen] = placed[:, :3] * alpha + clutter(k, h, w, generator).to(pixels.device) * (1 - alpha)
+        out_alpha[chosen] = alpha
+        return out, out_alpha
 
-        area = uniform(self.min_scale, 1.0)
-        aspect = torch.exp(uniform(-math.log(self.max_aspect), math.log(self.max_aspect)))
+    def _crop(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        area = _uniform(x, generator, self.min_scale, 1.0)
+        log_aspect = math.log(self.max_aspect)
+        aspect = torch.exp(_uniform(x, generator, -log_aspect, log_aspect))
         scale_x = (area * aspect).sqrt().clamp(max=1.0)
         scale_y = (area / aspect).sqrt().clamp(max=1.0)
-        shift_x = uniform(-1.0, 1.0) * (1 - scale_x)
-        shift_y = uniform(-1.0, 1.0) * (1 - scale_y)
-        mirror = torch.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else torch.ones_like(scale_x)
-        theta = torch.zeros(n, 2, 3, device=pixels.device)
-        theta[:, 0, 0], theta[:, 0, 2] = scale_x * mirror, shift_x
-        theta[:, 1, 1], theta[:, 1, 2] = scale_y, shift_y
-        grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
-        x = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        shift_x = _uniform(x, generator, -1.0, 1.0) * (1 - scale_x)
+        shift_y = _uniform(x, generator, -1.0, 1.0) * (1 - scale_y)
+        mirror = torch.where(_uniform(x, generator, 0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else torch.ones_like(scale_x)
+        angle = _uniform(x, generator, -1.0, 1.0) * math.radians(self.rotation) if self.rotation else torch.zeros_like(scale_x)
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = cos * scale_x * mirror, -sin * scale_y, shift_x
+        theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sin * scale_x * mirror, cos * scale_y, shift_y
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-        def factor() -> torch.Tensor:
-            return uniform(1 - self.jitter, 1 + self.jitter).view(n, 1, 1, 1)
+    def _colour(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
 
-        def grey(image: torch.Tensor) -> torch.Tensor:
-            return (0.299 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3])
+        def factor(spread: float) -> torch.Tensor:
+            return _uniform(x, generator, 1 - spread, 1 + spread).view(n, 1, 1, 1)
 
-        x = x * factor()  # brightness
-        mean_grey = grey(x).mean(dim=(2, 3), keepdim=True)
-        x = mean_grey + (x - mean_grey) * factor()  # contrast
-        x = grey(x) + (x - grey(x)) * factor()  # saturation
-        return x.clamp_(0, 1)
+        x = x * factor(self.jitter)  # brightness
+        mean_grey = _grey(x).mean(dim=(2, 3), keepdim=True)
+        x = mean_grey + (x - mean_grey) * factor(self.jitter)  # contrast
+        x = _grey(x) + (x - _grey(x)) * factor(self.jitter)  # saturation
+        if self.colour_cast > 0:
+            gains = 1 + self.colour_cast * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1)
+            x = x * gains.to(x.device)
+        return x
+
+    def _blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Separable Gaussian blur with a sigma per image and axis (0 on images not drawn)."""
+        n, c, h, w = x.shape
+        chosen = _uniform(x, generator, 0.0, 1.0) < self.blur
+        radius = max(1, math.ceil(2 * self.blur_sigma))
+        offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        for axis in (3, 2):
+            sigma = _uniform(x, generator, 0.3, self.blur_sigma) * chosen
+            kernel = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3).view(n, 1)) ** 2)
+            kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+            shape = (n * c, 1, 1, -1) if axis == 3 else (n * c, 1, -1, 1)
+            padding = (radius, radius, 0, 0) if axis == 3 else (0, 0, radius, radius)
+            x = F.conv2d(F.pad(x.reshape(1, n * c, h, w), padding, mode="replicate"), kernel.view(shape),
+                         groups=n * c).view(n, c, h, w)
+        return x
+
+    def _cutout(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        chosen = _uniform(x, generator, 0.0, 1.0) < self.cutout
+        half_w = _uniform(x, generator, 0.05, self.cutout_size / 2) * chosen
+        half_h = _uniform(x, generator, 0.05, self.cutout_size / 2) * chosen
+        centre_x, centre_y = _uniform(x, generator, 0.0, 1.0), _uniform(x, generator, 0.0, 1.0)
+        xs = (torch.arange(w, device=x.device) + 0.5) / w
+        ys = (torch.arange(h, device=x.device) + 0.5) / h
+        inside = (((xs.view(1, 1, w) - centre_x.view(n, 1, 1)).abs() < half_w.view(n, 1, 1))
+                  & ((ys.view(1, h, 1) - centre_y.view(n, 1, 1)).abs() < half_h.view(n, 1, 1))).unsqueeze(1)
+        colour = torch.rand(n, 3, 1, 1, generator=generator).to(x.device)
+        return torch.where(inside, colour, x)
+
+
+def _uniform(like: torch.Tensor, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
+    """One value per image of ``like``, drawn on the CPU generator (seeded runs match across devices)."""
+    return (low + (high - low) * torch.rand(like.shape[0], generator=generator)).to(like.device)
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator).to(like.device)
+
+
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    return 0.299 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
+
+
+def _product_mask(pixels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[N, 1, H, W]: 1 where an image differs from its plain border colour; all ones where the border is not plain."""
+    border = torch.cat([pixels[:, :, :2].flatten(2), pixels[:, :, -2:].flatten(2),
+                        pixels[:, :, :, :2].flatten(2), pixels[:, :, :, -2:].flatten(2)], dim=2)
+    backdrop = border.median(dim=2).values.view(-1, 3, 1, 1)
+    distance = (pixels - backdrop).abs().amax(dim=1, keepdim=True)
+    keyed = ((distance - threshold) / threshold + 0.5).clamp(0, 1)
+    plain = ((border - backdrop.flatten(2)).abs().amax(dim=1) < threshold).float().mean(dim=1) > 0.9
+    return torch.where(plain.view(-1, 1, 1, 1), keyed, torch.ones_like(keyed))
+
+
+def clutter(n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    """[n, 3, h, w] random cluttered backgrounds in [0, 1]: colour blotches, stripes, boxes and grain."""
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    tone = rand(n, 1, 1, 1)
+    blotches = F.interpolate(rand(n, 3, 4, 4), size=(h, w), mode="bilinear", align_corners=False)
+    base = tone + (blotches - tone) * rand(n, 1, 1, 1) * 0.8  # muted colours, like a room
+    ys = ((torch.arange(h) + 0.5) / h).view(1, h, 1)
+    xs = ((torch.arange(w) + 0.5) / w).view(1, 1, w)
+    angle = rand(n, 1, 1) * math.pi
+    frequency = 2 + 10 * rand(n, 1, 1)
+    stripes = torch.sin(2 * math.pi * frequency * (xs * angle.cos() + ys * angle.sin()))
+    base = base * (1 + 0.25 * rand(n, 1, 1, 1) * stripes.unsqueeze(1))
+    for _ in range(6):  # boxes of other objects lying around
+        cx, cy, half_w, half_h = rand(n, 1, 1), rand(n, 1, 1), 0.03 + 0.2 * rand(n, 1, 1), 0.03 + 0.2 * rand(n, 1, 1)
+        inside = (((xs - cx).abs() < half_w) & ((ys - cy).abs() < half_h) & (rand(n, 1, 1) < 0.6)).unsqueeze(1)
+        base = torch.where(inside, rand(n, 3, 1, 1), base)
+    grain = F.interpolate(rand(n, 1, h // 4, w // 4), size=(h, w), mode="nearest") - 0.5
+    return (base + 0.15 * rand(n, 1, 1, 1) * grain).clamp(0, 1)
+
+
+# Named augmentations (what a build config picks): "light" is the crop / flip / jitter the demo model
+# trained with before capture conditions; "capture" adds what hand-held footage does to a product.
+AUGMENTATIONS: dict[str, Augmentation | None] = {
+    "none": None,
+    "light": Augmentation(),
+    "capture": Augmentation(min_scale=0.3, rotation=15.0, jitter=0.4, colour_cast=0.15, paste=0.5,
+                            paste_scale=(0.4, 0.85), paste_out=0.15, blur=0.3, noise=0.05, cutout=0.25),
+}
 
 
 def _batches(source: BatchSource, batch_size: int) -> Iterator[Batch]:

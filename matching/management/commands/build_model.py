@@ -1,3 +1,4 @@
+import sys
 from dataclasses import fields
 
 from django.conf import settings
@@ -26,8 +27,8 @@ class Command(BaseCommand):
             register_bundle(existing.bundle_path, name=name, activate=True)
             self.stdout.write(f"model version {name} exists ({existing.bundle_path}); use --force to retrain")
             return
-        cfg = BuildConfig(name=name, **{f.name: options[f.name] for f in fields(BuildConfig)
-                                        if f.name not in ("name", "progress")})
+        cfg = BuildConfig(name=name, progress=sys.stderr.isatty(),  # bars on a terminal, none in a log file
+                          **{f.name: options[f.name] for f in fields(BuildConfig) if f.name not in ("name", "progress")})
         out = settings.MVMATCH_MODELS_DIR / name
         meta = build(out, cfg)
         version = register_bundle(out, name=name, activate=True)

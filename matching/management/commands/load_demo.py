@@ -1,4 +1,5 @@
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ class Command(BaseCommand):
     def _wait(self, queryset, what: str, timeout: float) -> None:
         total = queryset.count()
         deadline = time.monotonic() + timeout
-        with tqdm(total=total, desc=f"worker: {what}", unit=what[:-1]) as bar:
+        with tqdm(total=total, desc=f"worker: {what}", unit=what[:-1], disable=not sys.stderr.isatty()) as bar:
             while True:
                 done = queryset.filter(status__in=[IndexState.INDEXED, IndexState.FAILED]).count()
                 bar.update(done - bar.n)
