@@ -9,7 +9,6 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections import namedtuple
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -485,9 +484,7 @@ def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[int, float, 
     version since): index order then. Candidates are read as plain tuples (pk, the feature stamp, the category),
     not model instances: the features come from the per-process feature cache."""
     fields = ("pk", *STAMP_FIELDS, *(("category_id",) if model is Product else ()))
-    row_type = _candidate_types.setdefault(fields, namedtuple("Candidate", fields, rename=True))
-    found = {row.pk: row for row in map(row_type._make,
-                                        model.objects.filter(pk__in=[h.id for h in hits]).values_list(*fields))}
+    found = {row.pk: row for row in model.objects.filter(pk__in=[h.id for h in hits]).values_list(*fields, named=True)}
     hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
     details = feature_cache().details(model, [found[h.id] for h in hits])
     if not hits or any(details[h.id] is None or found[h.id].model_version_id != version.pk for h in hits):
@@ -497,9 +494,6 @@ def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[int, float, 
     frame = ranked.frame
     return [(candidates[i].pk, float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
             for i in ranked.order.tolist()]
-
-
-_candidate_types: dict[tuple, type] = {}
 
 
 @functools.lru_cache(maxsize=4096)
