@@ -57,8 +57,9 @@ def when_ready(server):
 def post_worker_init(worker):
     """In each worker, before its first request: torch threads, database and Milvus connections."""
     import torch
+    from django.conf import settings
 
-    torch.set_num_threads(int(os.environ.get("MVMATCH_TORCH_THREADS", "1")))
+    torch.set_num_threads(settings.MVMATCH_TORCH_THREADS)
     try:
         from matching import services
 

@@ -163,9 +163,11 @@ def bench_faiss(data, queries, truth, m: int, ef_construction: int, efs: list[in
 
 
 @contextmanager
-def milvus_standalone(base_dir: Path, startup_timeout: float = 300) -> Iterator[str]:
+def milvus_standalone(base_dir: Path, startup_timeout: float = 300, config: dict[str, str] | None = None
+                      ) -> Iterator[str]:
     """Milvus standalone 2.3 from the ``milvus`` package (the test extra), on loopback ports (advertised as
-    loopback, not the first NIC), data and binaries under ``base_dir`` (removed afterwards); yields its URI."""
+    loopback, not the first NIC), data and binaries under ``base_dir`` (removed afterwards); ``config``: more
+    milvus.yaml keys (dotted, e.g. ``dataCoord.segment.maxSize``); yields its URI."""
     import milvus
 
     server = milvus.MilvusServer(wait_for_started=False)
@@ -174,6 +176,8 @@ def milvus_standalone(base_dir: Path, startup_timeout: float = 300) -> Iterator[
     for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode",
                       "dataCoord", "dataNode"):
         server.config.set(f"{component}.ip", "127.0.0.1")
+    for key, value in (config or {}).items():
+        server.config.set(key, value)
     server.start()
     try:
         deadline = time.monotonic() + startup_timeout
@@ -212,13 +216,19 @@ def bench_milvus(name: str, uri: str, index_type: str, consistency: str, data, q
     started = time.perf_counter()
     index.flush()
     deadline = time.monotonic() + BUILD_TIMEOUT_S
+    reported = 0.0
     while True:  # a server builds the index of sealed segments in the background
-        # Every row in an indexed segment; compaction may then rebuild merged segments (pending rows) while
-        # the indexed ones keep serving.
-        if int(client.describe_index(index.name, "embedding").get("indexed_rows", len(data))) >= len(data):
+        # Every row in an indexed segment and none waiting: segments that compaction merged are searched
+        # without an index until theirs is rebuilt, which is not the steady state a lookup sees.
+        state = client.describe_index(index.name, "embedding")
+        indexed, pending = int(state.get("indexed_rows", len(data))), int(state.get("pending_index_rows", 0))
+        if indexed >= len(data) and pending == 0:
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name}: index not built within {BUILD_TIMEOUT_S} s")
+        if time.monotonic() - reported > 60:
+            progress(f"{name}: {indexed} rows indexed, {pending} pending")
+            reported = time.monotonic()
         time.sleep(0.5)
     client.release_collection(index.name)
     client.load_collection(index.name)
@@ -244,7 +254,8 @@ def bench_milvus(name: str, uri: str, index_type: str, consistency: str, data, q
 def markdown(results: list[Result], args) -> str:
     like = f" matched to {args.like} (neighbour contrast {args.real_contrast:.3f})" if args.like else ""
     lines = [f"{args.rows:,} rows, {args.dim}-d, {args.clusters} clusters (spread {args.spread}{like}), {args.queries} "
-             f"queries, top-{K}, batches of {BATCH}.", "",
+             f"queries, top-{K}, batches of {BATCH}."
+             + (f" Milvus standalone settings: {', '.join(args.server_config)}." if args.server_config else ""), "",
              "| backend | insert rows/s | build s | single p50 / p95 ms | batched ms/query | recall@10 |",
              "|---|---|---|---|---|---|"]
     for r in results:
@@ -272,6 +283,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
                         help='JSON build parameters over the defaults, e.g. \'{"M": 32, "efConstruction": 256}\'')
     parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64],
                         help="IVF lists probed, measured on the same index")
+    parser.add_argument("--server-config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="milvus.yaml settings of the standalone, e.g. dataCoord.segment.maxSize=2048")
     parser.add_argument("--workdir", help="where the Milvus stores live (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
@@ -316,7 +329,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
             disconnect(uri)
         if server:
             progress("starting Milvus standalone (the `milvus` package)")
-            with milvus_standalone(work / "standalone") as uri:
+            config = dict(item.split("=", 1) for item in args.server_config)
+            with milvus_standalone(work / "standalone", config=config) as uri:
                 for name in server:
                     measure(name, lambda: bench_milvus(name, uri, *MILVUS_BACKENDS[name][1:], *tuning))
                 disconnect(uri)

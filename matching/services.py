@@ -25,7 +25,7 @@ from PIL import Image
 
 from catalog.models import Category, Product
 from matching import vector_index
-from matching.feature_cache import STAMP_FIELDS, feature_cache
+from matching.feature_cache import STAMP_FIELDS, feature_cache, read_rows
 from matching.indexing import IndexState
 from matching.models import Keyframe, Match, MatchDecision, MicroVideo, ModelVersion
 from ml.serving.video import VideoError, VideoInfo, probe_video, sample_frames
@@ -405,9 +405,9 @@ def rank(obj, k: int, category: Category | None = None, *, videos: QuerySet | No
     version, rows = rank_for(obj, fetch, category, from_video, settings.MVMATCH_RERANK_TOP_N)
     other_ids = [product_id if from_video else video_id for video_id, product_id, *_ in rows]
     if from_video:
-        others = Product.objects.select_related("category", "merchant").prefetch_related("images").defer("detail")
+        others = _hit_rows(Product).select_related("merchant")
     else:
-        others = (MicroVideo.objects.defer("detail") if videos is None else videos).select_related("publisher")
+        others = (_hit_rows(MicroVideo) if videos is None else videos).select_related("publisher")
     found = others.in_bulk(other_ids)
     reviews = dict(((m.video_id, m.product_id), m.status) for m in Match.objects.filter(
         **{_anchor_field(type(obj)): obj.pk}, model_version=version,
@@ -442,6 +442,7 @@ def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_to
     version, unless an ingest passes the vector and version it has in memory) and reorder its top
     ``rerank_top_n`` with the model's second stage (ml.serving.two_stage; 0: index order). Returns the version
     and the top-k rows (video, product, score, index score, driving frame); writes nothing."""
+    stored = vector is None  # obj's features are those in the database (not an ingest's, about to be published)
     version = version or _indexed_version(obj)
     source, target = (video_index, product_index) if from_video else (product_index, video_index)
     if vector is None:
@@ -450,7 +451,7 @@ def rank_for(obj, k: int, category: Category | None, from_video: bool, rerank_to
         raise NotIndexed(f"{obj._meta.verbose_name} {obj.pk} has no vector for model {version.name}")
     second = _second_stage(version, obj) if rerank_top_n else None
     hits = target(version).search(vector[None], max(k, rerank_top_n) if second else k, **_filter(category))[0]
-    ranked = _rerank_lookup(second, version, obj, hits, from_video) if second and hits else None
+    ranked = _rerank_lookup(second, version, obj, hits, from_video, stored) if second and hits else None
     if ranked is None:
         ranked = [(h.id, h.score, h.score, None) for h in hits]
     return version, [(obj.pk, cid, score, first, frame) if from_video else (cid, obj.pk, score, first, frame)
@@ -464,29 +465,38 @@ def _second_stage(version: ModelVersion, obj):
     return get_bundle(version).two_stage
 
 
-def _rerank_lookup(second, version: ModelVersion, obj, hits, from_video: bool):
+def _rerank_lookup(second, version: ModelVersion, obj, hits, from_video: bool, stored: bool):
     """`_rerank` of a video's product candidates or a product's video candidates."""
-    from ml.serving.two_stage import ProductDetail, VideoDetail
-
+    query = _query_features(second, obj, stored)
     if from_video:
-        query = VideoDetail.from_bytes(obj.detail)
-        return _rerank(version, hits, Product, lambda products, details, first: second.rank_products(
+        return _rerank(second, version, hits, Product, lambda products, details, first: second.rank_products(
             query, details, [category_levels_of(p.category_id) for p in products], first))
-    query = ProductDetail.from_bytes(obj.detail)
-    return _rerank(version, hits, MicroVideo, lambda videos, details, first: second.rank_videos(
+    return _rerank(second, version, hits, MicroVideo, lambda videos, details, first: second.rank_videos(
         query, details, first, [category_levels(obj.category)]))
 
 
-def _rerank(version: ModelVersion, hits, model, rank) -> list[tuple[int, float, float, int | None]] | None:
-    """The index's candidates (rows of ``model``) reordered by ``rank(candidates, their stored details, index
+def _query_features(second, obj, stored: bool):
+    """The querying item's features, prepared (`TwoStage.prepare`): from the feature cache when they are the ones
+    its row holds (a lookup), from the item itself when an ingest is about to publish them."""
+    if stored:
+        cached = feature_cache().details(type(obj), [obj], second.prepare).get(obj.pk)
+        if cached is not None:
+            return cached
+    from ml.serving.two_stage import ProductDetail, VideoDetail
+
+    return second.prepare((VideoDetail if isinstance(obj, MicroVideo) else ProductDetail).from_bytes(obj.detail))
+
+
+def _rerank(second, version: ModelVersion, hits, model, rank) -> list[tuple[int, float, float, int | None]] | None:
+    """The index's candidates (rows of ``model``) reordered by ``rank(candidates, their prepared details, index
     scores) -> ml.serving.two_stage.Ranked``, as (pk, final score, index score, driving frame), best first; None if a
     candidate lacks this version's stored features (a build without a second stage, or re-embedded by another
     version since): index order then. Candidates are read as plain tuples (pk, the feature stamp, the category),
-    not model instances: the features come from the per-process feature cache."""
-    fields = ("pk", *STAMP_FIELDS, *(("category_id",) if model is Product else ()))
-    found = {row.pk: row for row in model.objects.filter(pk__in=[h.id for h in hits]).values_list(*fields, named=True)}
+    not model instances: the features come from the per-process feature cache, already through ``second.prepare``."""
+    fields = (*STAMP_FIELDS, *(("category_id",) if model is Product else ()))
+    found = {row.pk: row for row in read_rows(model, [h.id for h in hits], fields)}
     hits = [h for h in hits if h.id in found]  # the index may name rows deleted since
-    details = feature_cache().details(model, [found[h.id] for h in hits])
+    details = feature_cache().details(model, [found[h.id] for h in hits], second.prepare)
     if not hits or any(details[h.id] is None or found[h.id].model_version_id != version.pk for h in hits):
         return None
     candidates = [found[h.id] for h in hits]
@@ -543,17 +553,26 @@ def search_text(query: str, k: int, category: Category | None = None, *, videos:
             visible = set(allowed.filter(pk__in=[h.id for h in hits]).values_list("pk", flat=True))
             hits = [h for h in hits if h.id in visible]
         ranked = _rerank_text(bundle.two_stage, version, embedded.details[0], hits) if rerank and hits else None
+        rows = _hit_rows(model)
         if ranked is not None:
-            live = model.objects.in_bulk([pk for pk, *_ in ranked[:k]])
+            live = rows.in_bulk([pk for pk, *_ in ranked[:k]])
             found[model] = [(live[pk], score) for pk, score, _, _ in ranked[:k] if pk in live]
         else:
-            live = model.objects.in_bulk([h.id for h in hits])  # the index may name rows deleted since
+            live = rows.in_bulk([h.id for h in hits])  # the index may name rows deleted since
             found[model] = [(live[h.id], h.score) for h in hits if h.id in live][:k]
     return TextSearchResult(found[Product], found[MicroVideo])
 
 
+def _hit_rows(model) -> QuerySet:
+    """Rows to show as hits: what their summaries read, in the same queries (no features)."""
+    if model is Product:
+        return Product.objects.select_related("category").prefetch_related("images").defer("detail")
+    return MicroVideo.objects.defer("detail")
+
+
 def _rerank_text(second, version: ModelVersion, query, hits):
-    return _rerank(version, hits, MicroVideo, lambda videos, details, first: second.rank_videos(query, details, first))
+    return _rerank(second, version, hits, MicroVideo,
+                   lambda videos, details, first: second.rank_videos(query, details, first))
 
 
 def _indexed_version(obj) -> ModelVersion:

@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def load_model_once(**_):
-    """Load the active model when a worker process starts, not on its first task."""
+    """Load the active model when a worker process that takes the ML tasks starts, not on its first task. A
+    worker on other queues only (no MVMATCH_ML_QUEUE) never runs the model: it does not hold one."""
+    from workers.celery import app
+
+    consumed = app.amqp.queues.consume_from or {}
+    if settings.MVMATCH_ML_QUEUE not in {queue.name for queue in consumed.values()}:
+        return
     try:
         services.get_bundle(services.active_model_version())
     except services.NoActiveModel:

@@ -228,6 +228,8 @@ LOGGING = {
 # --- Serving: lookups and the vector index (matching.feature_cache, matching.vector_index) ----------------
 # Per-process cache of the candidates' unpacked second-stage features, in MiB (0: read them every lookup).
 MVMATCH_FEATURE_CACHE_MB = env_int("MVMATCH_FEATURE_CACHE_MB", 256)
+# torch threads of a web worker (gunicorn) and of bench_lookup: lookups are small ops, parallel only across requests
+MVMATCH_TORCH_THREADS = env_int("MVMATCH_TORCH_THREADS", 1)
 # The vector index (matching.vector_index.collection_options): "auto" = the measured choice per backend (HNSW on a
 # Milvus server, FLAT on milvus-lite) or any Milvus index type; parameters as JSON objects override the chosen ones.
 # They apply to collections created from then on. Lookups read at MVMATCH_INDEX_CONSISTENCY.

@@ -1,6 +1,4 @@
 """The per-process cache of stored second-stage features (matching.feature_cache) on the real database."""
-from datetime import timedelta
-
 import pytest
 import torch
 from django.contrib.auth import get_user_model
@@ -30,7 +28,7 @@ def videos():
     # written as the ingest protocol writes them: queryset updates
     for i, pk in enumerate(MicroVideo.objects.order_by("pk").values_list("pk", flat=True)):
         MicroVideo.objects.filter(pk=pk).update(detail=detail(i).to_bytes() if i < 2 else None,
-                                                indexed_at=timezone.now())
+                                                indexed_at=timezone.now(), indexed_revision=1)
     return version
 
 
@@ -55,26 +53,29 @@ def test_features_are_read_once_then_served_from_memory(videos, django_assert_nu
 
 
 def test_a_reindexed_item_is_never_served_its_old_features(videos):
+    """Publishing writes features with the revision they were computed from (every re-index bumps it) and the
+    model version: either changes the stamp."""
     cache = FeatureCache(10 * 2**20)
     pk = rows()[0].pk
     cache.details(MicroVideo, rows())
-    MicroVideo.objects.filter(pk=pk).update(detail=detail(7).to_bytes(), indexed_at=timezone.now() + timedelta(seconds=1))
+    MicroVideo.objects.filter(pk=pk).update(detail=detail(7).to_bytes(), indexed_revision=2)
     assert torch.equal(cache.details(MicroVideo, rows())[pk].frames, detail(7).frames)
-    MicroVideo.objects.filter(pk=pk).update(detail=detail(8).to_bytes(), indexed_revision=5)
+    newer = ModelVersion.objects.create(name="v2", bundle_path="/tmp/v2", embed_dim=8)
+    MicroVideo.objects.filter(pk=pk).update(detail=detail(8).to_bytes(), model_version=newer)
     assert torch.equal(cache.details(MicroVideo, rows())[pk].frames, detail(8).frames)
 
 
 def test_a_row_read_before_a_reindex_gets_none_not_features_it_does_not_describe(videos):
     cache = FeatureCache(10 * 2**20)
     stale = rows()
-    MicroVideo.objects.filter(pk=stale[0].pk).update(detail=detail(9).to_bytes(), indexed_at=timezone.now() + timedelta(seconds=1))
+    MicroVideo.objects.filter(pk=stale[0].pk).update(detail=detail(9).to_bytes(), indexed_revision=2)
     got = cache.details(MicroVideo, stale)
     assert got[stale[0].pk] is None and got[stale[1].pk] is not None
     assert torch.equal(cache.details(MicroVideo, rows())[stale[0].pk].frames, detail(9).frames)  # cached: the new one
 
 
 def test_the_cache_stays_within_its_byte_bound(videos):
-    one = len(detail(0).to_bytes())
+    one = sum(t.nbytes for t in (detail(0).frames, detail(0).frame_mask, detail(0).kept))  # what it holds in memory
     cache = FeatureCache(one + one // 2)  # room for one entry
     got = cache.details(MicroVideo, rows())
     assert sum(v is not None for v in got.values()) == 2  # both returned ...
@@ -83,8 +84,9 @@ def test_the_cache_stays_within_its_byte_bound(videos):
 
 
 def test_the_second_stage_reads_candidates_features_through_the_cache(videos, monkeypatch):
-    """services._rerank hands the ranker each candidate's stored features, in the index's order; a candidate
-    without features of this version sends the lookup back to index order (None)."""
+    """services._rerank hands the ranker each candidate's stored features, prepared by the second stage once per
+    cached item, in the index's order; a candidate without features of this version sends the lookup back to
+    index order (None)."""
     from types import SimpleNamespace
 
     from matching import feature_cache, services
@@ -93,19 +95,25 @@ def test_the_second_stage_reads_candidates_features_through_the_cache(videos, mo
     cache = FeatureCache(10 * 2**20)
     monkeypatch.setattr(feature_cache, "_cache", cache)
     first, second, bare = rows()
-    seen = {}
+    seen, prepared = {}, []
+
+    def prepare(d):
+        prepared.append(d)
+        return SimpleNamespace(detail=d)
+
+    second_stage = SimpleNamespace(prepare=prepare)
 
     def rank(candidates, details, scores):
         seen.update(candidates=[c.pk for c in candidates], details=details, scores=scores)
         return SimpleNamespace(order=torch.tensor([1, 0]), score=torch.tensor([0.5, 0.9], dtype=torch.float64), frame=None)
 
     hits = [Hit(first.pk, 0.8), Hit(second.pk, 0.7)]
-    ranked = services._rerank(videos, hits, MicroVideo, rank)
+    ranked = services._rerank(second_stage, videos, hits, MicroVideo, rank)
     assert seen["candidates"] == [first.pk, second.pk] and seen["scores"] == [0.8, 0.7]
-    assert torch.equal(seen["details"][0].frames, detail(0).frames)
-    assert torch.equal(seen["details"][1].frames, detail(1).frames)
+    assert torch.equal(seen["details"][0].detail.frames, detail(0).frames)
+    assert torch.equal(seen["details"][1].detail.frames, detail(1).frames)
     assert [(pk, score, index) for pk, score, index, _ in ranked] == [(second.pk, 0.9, 0.7), (first.pk, 0.5, 0.8)]
     assert cache.misses == 2
-    services._rerank(videos, hits, MicroVideo, rank)
-    assert cache.hits == 2  # the second lookup read no features from the database
-    assert services._rerank(videos, hits + [Hit(bare.pk, 0.1)], MicroVideo, rank) is None
+    services._rerank(second_stage, videos, hits, MicroVideo, rank)
+    assert cache.hits == 2 and len(prepared) == 2  # the second lookup read and prepared nothing again
+    assert services._rerank(second_stage, videos, hits + [Hit(bare.pk, 0.1)], MicroVideo, rank) is None

@@ -174,6 +174,8 @@ def test_upload_suggest_review_reindex_across_two_workers_and_a_milvus_server(de
                                                                 "matching.tasks.ingest_video": len(uploaded)}
     assert not RECEIVED.findall(stack.log(CPU_WORKER)) and not ingested(stack, CPU_WORKER)
     assert f".> {ML_QUEUE} " in stack.log(GPU_WORKER) and ".> celery " in stack.log(CPU_WORKER)
+    # The model lives where the model runs: the CPU worker's processes never load it.
+    assert "loading model bundle" in stack.log(GPU_WORKER) and "loading model bundle" not in stack.log(CPU_WORKER)
 
     # The index is the Milvus server's (HNSW, not milvus-lite's FLAT), one vector per record.
     state = index_state(stack)

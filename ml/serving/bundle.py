@@ -133,15 +133,16 @@ class ModelBundle:
         second stage) what the re-ranking head reads of it: its words and sentence, no photos."""
         if self.text_query is None:
             raise ValueError(f"model {self.meta['name']} has no text query head: it cannot serve text search")
-        sentence = self.encoder.encode_texts([query])
-        vector = self.text_query(sentence.cpu()).numpy()
         if self.two_stage is None or not detail:
-            return Embedded(vector, None)
-        return Embedded(vector, self._product_details([query], sentence))
+            return Embedded(self.text_query(self.encoder.encode_texts([query]).cpu()).numpy(), None)
+        sentence, *words = self.encoder.encode_text_and_tokens([query])
+        return Embedded(self.text_query(sentence).numpy(), self._product_details([query], sentence, words=words))
 
-    def _product_details(self, texts: list[str], sentences, photos=None, photo_mask=None) -> list[ProductDetail]:
-        """Per text its valid word features, its sentence feature and, for a product, its valid photos."""
-        words, word_mask = self.encoder.encode_text_tokens(texts)
+    def _product_details(self, texts: list[str], sentences, photos=None, photo_mask=None, words=None
+                         ) -> list[ProductDetail]:
+        """Per text its valid word features, its sentence feature and, for a product, its valid photos; ``words``:
+        (tokens, mask) of the texts when already encoded."""
+        words, word_mask = words or self.encoder.encode_text_tokens(texts)
         return [ProductDetail(words[i][word_mask[i]], word_mask[i][word_mask[i]], sentences[i].half(),
                               *(() if photos is None else (photos[i][photo_mask[i]].half(), photo_mask[i][photo_mask[i]])))
                 for i in range(len(texts))]

@@ -197,17 +197,27 @@ class Encoder:
         [SEP] and padding are dropped, words are L2-normalised, at most ``max_tokens`` per text and
         L = the longest kept: compact enough to store per product. Needs a Hugging Face text tower.
         """
+        return self.encode_text_and_tokens(texts, max_tokens, batch_size)[1:]
+
+    @torch.no_grad()
+    def encode_text_and_tokens(self, texts: Sequence[str], max_tokens: int = 32, batch_size: int | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`encode_texts` and `encode_text_tokens` from one pass of the text transformer (a text query needs
+        both): (unit sentence vectors ``[N, D]``, tokens, mask)."""
         text = getattr(self.model, "text", None)
         if not isinstance(text, HFTextEncoder):
             raise ValueError(f"{self.model_name} has no Hugging Face text tower: no per-token features")
         self.model.eval()
         hf_tokenizer = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a HF tokenizer
         special = torch.tensor([text.config.pad_token_id, *getattr(hf_tokenizer, "all_special_ids", [])])
-        out_tokens, out_masks = [], []
+        out_sentences, out_tokens, out_masks = [], [], []
         step = batch_size or self.batch_size
         for i in range(0, len(texts), step):
             ids = self.tokenize(list(texts[i: i + step]))
-            hidden = text.transformer(input_ids=ids, attention_mask=(ids != text.config.pad_token_id).long())
+            attention = (ids != text.config.pad_token_id).long()
+            hidden = text.transformer(input_ids=ids, attention_mask=attention)
+            # as HFTextEncoder.forward + encode_text(normalize=True) make the sentence feature
+            out_sentences.append(F.normalize(text.proj(text.pooler(hidden, attention)), dim=-1).float().cpu())
             words = F.normalize(text.proj(hidden.last_hidden_state), dim=-1).float().cpu()
             keep = ~torch.isin(ids.cpu(), special)
             order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept words first, in order
@@ -215,7 +225,8 @@ class Encoder:
             out_tokens.append(words)
             out_masks.append(keep.gather(1, order)[:, :max_tokens])
         if not out_tokens:
-            return torch.empty(0, 0, self.embed_dim, dtype=torch.float16), torch.empty(0, 0, dtype=torch.bool)
+            return (torch.empty(0, self.embed_dim), torch.empty(0, 0, self.embed_dim, dtype=torch.float16),
+                    torch.empty(0, 0, dtype=torch.bool))
         length = max(1, max(int(m.sum(1).max()) if m.numel() else 0 for m in out_masks))
         tokens = torch.zeros(len(texts), length, self.embed_dim, dtype=torch.float16)
         mask = torch.zeros(len(texts), length, dtype=torch.bool)
@@ -225,7 +236,7 @@ class Encoder:
             tokens[row: row + len(t), :n] = (t[:, :n] * m[:, :n, None]).half()
             mask[row: row + len(t), :n] = m[:, :n]
             row += len(t)
-        return tokens, mask
+        return torch.cat(out_sentences), tokens, mask
 
     def _encode(self, items, encode_chunk: Callable, batch_size: int | None) -> torch.Tensor:
         self.model.eval()  # embeddings are deterministic: no dropout of any kind

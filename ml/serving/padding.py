@@ -5,6 +5,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.functional import pad
+from torch.nn.utils.rnn import pad_sequence
 
 
 def pad_groups(groups: Sequence, dim: int | None = None, masks: Sequence[Tensor] | None = None,
@@ -13,14 +15,19 @@ def pad_groups(groups: Sequence, dim: int | None = None, masks: Sequence[Tensor]
 
     ``masks`` gives each group's own row mask (default: all its rows are real); ``dim`` is needed only
     when ``groups`` may be empty; ``dtype`` defaults to the first group's. At least one slot per row.
+    Padding is one native call (a lookup pads its candidates' features on every request).
     """
     groups = [torch.as_tensor(g) for g in groups]
-    dim = groups[0].shape[-1] if dim is None else dim
-    dtype = dtype or (groups[0].dtype if groups else torch.float32)
-    longest = max((len(g) for g in groups), default=0) or 1
-    out = torch.zeros(len(groups), longest, dim, dtype=dtype)
-    mask = torch.zeros(len(groups), longest, dtype=torch.bool)
-    for i, g in enumerate(groups):
-        out[i, : len(g)] = g
-        mask[i, : len(g)] = True if masks is None else masks[i]
+    if not groups:
+        return torch.zeros(0, 1, dim or 0, dtype=dtype or torch.float32), torch.zeros(0, 1, dtype=torch.bool)
+    dtype = dtype or groups[0].dtype
+    groups = [g if g.dtype == dtype else g.to(dtype) for g in groups]
+    out = pad_sequence(groups, batch_first=True)
+    if masks is None:
+        lengths = torch.tensor([len(g) for g in groups])
+        mask = torch.arange(out.shape[1]) < lengths[:, None]
+    else:
+        mask = pad_sequence([torch.as_tensor(m, dtype=torch.bool) for m in masks], batch_first=True)
+    if out.shape[1] == 0:  # every group empty
+        out, mask = pad(out, (0, 0, 0, 1)), pad(mask, (0, 1))
     return out, mask

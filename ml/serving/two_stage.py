@@ -103,16 +103,28 @@ class ProductDetail(_Stored):
     photo_mask: Tensor | None = None
 
 
-def videos_fine(details: list[VideoDetail]) -> VideoFine:
-    return VideoFine(*pad_groups([d.frames for d in details], masks=[d.frame_mask for d in details]))
+def videos_fine(items, dtype: torch.dtype | None = None) -> VideoFine:
+    """`VideoDetail`s (or one-video `VideoFine`s) padded into one batch."""
+    return VideoFine(*pad_groups([d.frames for d in items], masks=[d.frame_mask for d in items], dtype=dtype))
 
 
-def products_fine(details: list[ProductDetail]) -> ProductFine:
-    words, word_mask = pad_groups([d.words for d in details], masks=[d.word_mask for d in details])
-    sentence = torch.stack([d.sentence for d in details])
-    if any(d.photos is None for d in details):
+def products_fine(items, dtype: torch.dtype | None = None) -> ProductFine:
+    """`ProductDetail`s (or one-product `ProductFine`s) padded into one batch; photos only if every item has them."""
+    words, word_mask = pad_groups([d.words for d in items], masks=[d.word_mask for d in items], dtype=dtype)
+    sentence = torch.stack([d.sentence for d in items])
+    if any(d.photos is None for d in items):
         return ProductFine(words, word_mask, sentence)
-    return ProductFine(words, word_mask, sentence, *pad_groups([d.photos for d in details], masks=[d.photo_mask for d in details]))
+    return ProductFine(words, word_mask, sentence,
+                       *pad_groups([d.photos for d in items], masks=[d.photo_mask for d in items], dtype=dtype))
+
+
+class Prepared(NamedTuple):
+    """A video or product as the second stage reads it: its stored features and, with a re-ranking head, those
+    features through the head's learned maps (one item, unbatched). Serving keeps candidates in this form
+    (`matching.feature_cache`) so that the maps run once per indexed item, not once per lookup."""
+
+    detail: VideoDetail | ProductDetail
+    fine: VideoFine | ProductFine | None
 
 
 # ---- the parts and their weights --------------------------------------------------------------------
@@ -158,31 +170,44 @@ class TwoStage(nn.Module):
         return int(p.argmax()), float(p.max())
 
     # -- querying --
-    def rank_products(self, video: VideoDetail, products: list[ProductDetail], product_levels,
+    @torch.no_grad()
+    def prepare(self, detail: VideoDetail | ProductDetail) -> Prepared:
+        """One item's stored features and their mapped form (the head's part that does not depend on the query)."""
+        head = self.rerank_head
+        if head is None:
+            return Prepared(detail, None)
+        if isinstance(detail, VideoDetail):
+            return Prepared(detail, head.prepare_videos(videos_fine([detail]))[0])
+        return Prepared(detail, head.prepare_products(products_fine([detail]))[0])
+
+    def rank_products(self, video: VideoDetail, products: list[ProductDetail | Prepared], product_levels,
                       first_stage) -> Ranked:
-        """Reorder a video's product candidates. ``product_levels`` [N, 3]: each product's (upper, middle,
-        lower) index, -1 where its category is coarser or unknown; ``first_stage`` [N] their index scores."""
+        """Reorder a video's product candidates (stored details, or `prepare`'s form of them). ``product_levels``
+        [N, 3]: each product's (upper, middle, lower) index, -1 where its category is coarser or unknown;
+        ``first_stage`` [N] their index scores."""
         score, frame = self._pair_scores([video], products, torch.as_tensor(first_stage)[None], product_levels)
         return Ranked(score[0].argsort(descending=True), score[0], None if frame is None else frame[0])
 
-    def rank_videos(self, query: ProductDetail, videos: list[VideoDetail], first_stage,
+    def rank_videos(self, query: ProductDetail, videos: list[VideoDetail | Prepared], first_stage,
                     product_levels=None) -> Ranked:
         """Reorder a product's (or, without ``product_levels``, a text query's) video candidates."""
         score, frame = self._pair_scores(videos, [query], torch.as_tensor(first_stage)[:, None], product_levels)
         return Ranked(score[:, 0].argsort(descending=True), score[:, 0], None if frame is None else frame[:, 0])
 
     @torch.no_grad()
-    def _pair_scores(self, videos: list[VideoDetail], products: list[ProductDetail], first_stage: Tensor,
+    def _pair_scores(self, videos: list, products: list, first_stage: Tensor,
                      product_levels) -> tuple[Tensor, Tensor | None]:
         """Final scores [Nv, Np] of every (video, product or text query) pair from their first-stage scores,
         and the frame that drove each (None when nothing says). Text queries have no photos: their own weights."""
+        prepared_videos, prepared_products = videos, products
+        videos = [v.detail if isinstance(v, Prepared) else v for v in videos]
+        products = [p.detail if isinstance(p, Prepared) else p for p in products]
         text = products[0].photos is None if products else False
         score, frame = first_stage.float(), None
         w = self.weights["rerank_text" if text else "rerank"]
         if self.rerank_head is not None and w and videos and products:
-            head = self.rerank_head
-            fine, weight = head(head.prepare_videos(videos_fine(videos)), head.prepare_products(products_fine(products)),
-                                pairwise=True)
+            fine, weight = self.rerank_head(videos_fine(self._fine(prepared_videos), torch.float32),
+                                            products_fine(self._fine(prepared_products), torch.float32), pairwise=True)
             score, frame = score + w * fine, weight.argmax(-1)
         w = self.weights["caption_text" if text else "caption"]
         if w and videos and products:
@@ -199,15 +224,21 @@ class TwoStage(nn.Module):
             frame = _closest_frames(videos, products)
         return score, frame
 
+    def _fine(self, items: list) -> list:
+        return [(item if isinstance(item, Prepared) else self.prepare(item)).fine for item in items]
+
     def _boost(self, video_log_probs: Tensor, product_levels: Tensor) -> Tensor:
         """[Nv, Np] w * log p(product's category at the tuned level | video); products whose category is
         coarser than that level use their deepest known level; unknown: 0."""
         levels = self.category_head.levels(video_log_probs.float())
+        depth = LEVELS.index(self.weights["boost_level"]) + 1
+        classes = product_levels[:, :depth].long()
+        deepest = torch.where(classes >= 0, torch.arange(depth), -1).amax(1)  # [Np], -1: nothing known
         out = torch.zeros(len(video_log_probs), len(product_levels))
-        for p in range(len(product_levels)):
-            known = [lv for lv in range(LEVELS.index(self.weights["boost_level"]) + 1) if product_levels[p, lv] >= 0]
-            if known:
-                out[:, p] = levels[LEVELS[known[-1]]][:, product_levels[p, known[-1]]]
+        for level in range(depth):
+            at = (deepest == level).nonzero()[:, 0]
+            if len(at):
+                out[:, at] = levels[LEVELS[level]][:, classes[at, level]]
         return self.weights["boost"] * out
 
     # -- persistence --

@@ -28,3 +28,11 @@ def test_word_features_are_compact_and_live_in_the_sentence_space(encoder):
 def test_max_tokens_truncates(encoder):
     tokens, mask = encoder.encode_text_tokens(["one two three four five six seven"], max_tokens=4)
     assert tokens.shape[1] == 4 and mask.all()
+
+
+def test_one_pass_gives_the_sentence_features_and_the_words_of_two(encoder):
+    texts = ["red striped backpack. sturdy canvas bag", "", "mug"]
+    sentences, tokens, mask = encoder.encode_text_and_tokens(texts)
+    torch.testing.assert_close(sentences, encoder.encode_texts(texts), atol=1e-6, rtol=0)
+    alone_tokens, alone_mask = encoder.encode_text_tokens(texts)
+    assert torch.equal(tokens, alone_tokens) and torch.equal(mask, alone_mask)

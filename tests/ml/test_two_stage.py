@@ -90,6 +90,13 @@ def test_fitted_second_stage_beats_the_first_on_validation_and_survives_a_save(c
     b = loaded.rank_products(VideoDetail.from_bytes(videos[0].to_bytes()),
                              [ProductDetail.from_bytes(p.to_bytes()) for p in products[:10]], levels[top], torch.zeros(10))
     torch.testing.assert_close(a.score, b.score, atol=1e-3, rtol=0)
+    # Candidates prepared once (what serving caches) score as the stored details do, frames included.
+    prepared = loaded.rank_products(videos[0], [loaded.prepare(p) for p in products[:10]], levels[top], torch.zeros(10))
+    torch.testing.assert_close(prepared.score, b.score, atol=1e-5, rtol=0)
+    assert torch.equal(prepared.frame, b.frame)
+    raw = loaded.rank_videos(products[0], videos[:10], torch.zeros(10), levels[:1])
+    cached = loaded.rank_videos(products[0], [loaded.prepare(v) for v in videos[:10]], torch.zeros(10), levels[:1])
+    torch.testing.assert_close(cached.score, raw.score, atol=1e-5, rtol=0)
     # Product -> videos and text -> videos go through the same head.
     ranked = loaded.rank_videos(products[0], videos[:10], torch.zeros(10), levels[:1])
     assert ranked.order.tolist()[0] == 0 and ranked.frame.shape == (10,)
