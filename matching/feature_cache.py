@@ -58,7 +58,8 @@ def _select(model, fields: tuple[str, ...], count: int) -> tuple[str, type]:
 class FeatureCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, int], tuple[tuple, object, int]] = OrderedDict()
+        # ((model label, prepared?), pk) -> (stamp, detail, bytes), least recently used first
+        self._entries: OrderedDict[tuple[tuple[str, bool], int], tuple[tuple, object, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0

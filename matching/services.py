@@ -501,9 +501,9 @@ def _rerank(second, version: ModelVersion, hits, model, rank) -> list[tuple[int,
         return None
     candidates = [found[h.id] for h in hits]
     ranked = rank(candidates, [details[h.id] for h in hits], [h.score for h in hits])
-    frame = ranked.frame
-    return [(candidates[i].pk, float(ranked.score[i]), hits[i].score, None if frame is None else int(frame[i]))
-            for i in ranked.order.tolist()]
+    scores = ranked.score.tolist()
+    frames = [None] * len(hits) if ranked.frame is None else ranked.frame.tolist()
+    return [(candidates[i].pk, scores[i], hits[i].score, frames[i]) for i in ranked.order.tolist()]
 
 
 @functools.lru_cache(maxsize=4096)

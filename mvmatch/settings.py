@@ -86,8 +86,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web and worker share the file: wait for locks instead of failing at once.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+    # Web and worker share the file: wait for locks instead of failing at once; write-ahead logging so that
+    # a reader (a lookup, a worker loading its item) never blocks a writer, nor a writer a reader.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE",
+                                       "init_command": "PRAGMA journal_mode=WAL"}
     if os.environ.get("MVMATCH_TEST_DB"):
         # Tests that start a real worker process need the test database in a file both can open.
         DATABASES["default"]["TEST"] = {"NAME": os.environ["MVMATCH_TEST_DB"]}
@@ -205,7 +207,7 @@ MVMATCH_KEYFRAME_SIZE = env_int("MVMATCH_KEYFRAME_SIZE", 160)
 MVMATCH_SUGGESTIONS = env_int("MVMATCH_SUGGESTIONS", 10)
 # Two-stage retrieval: the index returns this many candidates and the model's second stage (ml.serving.two_stage)
 # reorders them; 0 = index order only.
-MVMATCH_RERANK_TOP_N = env_int("MVMATCH_RERANK_TOP_N", 50)
+MVMATCH_RERANK_TOP_N = env_int("MVMATCH_RERANK_TOP_N", 20)
 MVMATCH_VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv")
 
 # --- Work that must not be lost (matching.indexing, matching.reconcile) ----------------------------

@@ -19,23 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.browser import CHROMIUM, DESKTOP
+from tests.browser import launch, signed_in
 
 
 def per_minute(decisions: int, seconds: float) -> float:
     return round(60 * decisions / seconds, 1) if seconds else float("inf")
-
-
-def sign_in(browser, base: str, user: str, password: str):
-    context = browser.new_context(base_url=base, viewport=DESKTOP)
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    page.goto("/accounts/login/")
-    page.fill("#id_username", user)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/accounts/login/" not in url)
-    return context, page
 
 
 def queue_by_keyboard(page, decisions: int) -> dict:
@@ -85,8 +73,8 @@ def measure(base: str, user: str, password: str, decisions: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context, page = sign_in(browser, base, user, password)
+        browser = launch(playwright)
+        context, page = signed_in(browser, base, user, password)
         result = {"queue_keyboard": queue_by_keyboard(page, decisions),
                   "admin_one_row_per_action": admin_bulk(page, decisions, 1),
                   "admin_bulk_page": admin_bulk(page, decisions, 25)}

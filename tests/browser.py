@@ -26,10 +26,14 @@ def chromium():
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no chromium at {CHROMIUM} (deploy/test.sh installs it with apt)")
     with sync_playwright() as playwright:
-        # --no-sandbox: the suite runs as root in a container, where Chromium's sandbox cannot start.
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(playwright)
         yield browser
         browser.close()
+
+
+def launch(playwright):
+    """The system Chromium (--no-sandbox: the suite runs as root in a container, where its sandbox cannot start)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
 
 
 def signed_in(browser, base_url: str, username: str, password: str):

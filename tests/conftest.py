@@ -1,5 +1,6 @@
 """Shared fixtures: media in a temporary folder, the ontology loaded once, real ffmpeg-made inputs."""
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,17 @@ def sent_tasks(monkeypatch):
     monkeypatch.setattr("workers.celery.app.send_task",
                         lambda name, args, *_, **__: sent.append((name.rsplit("_", 1)[1], args[0])))
     return sent
+
+
+# A generated catalogue of 12 products, one in each of 12 lower categories (6 middles x 2 siblings, so near
+# misses exist), each with one micro-video: what the end-to-end tests upload.
+CATALOGUE = dict(name="e2e", n_lower=12, products_per_lower={"train": 0, "val": 0, "test": 1},
+                 videos={"train": None, "val": None, "test": None})
+
+
+@pytest.fixture(scope="session")
+def catalogue(tmp_path_factory):
+    from ml.datagen import SIZES, generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("e2e-data"), replace(SIZES["tiny"], **CATALOGUE), seed=0,
+                            progress=False)

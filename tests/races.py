@@ -91,7 +91,7 @@ class Faults:
         for _ in range(3):
             video = self.upload("delete me")
             path = f"/api/videos/{video['id']}/"
-            self.stack.signal_tree("worker", signal.SIGSTOP) if self.wait_processing(path) else None
+            self.stack.pause("worker") if self.wait_processing(path) else None
             caught = self.stack.get(path).json()["status"] == "processing"
             try:
                 deleted = self.stack.session.delete(self.stack.base + path, timeout=30).status_code
@@ -113,7 +113,7 @@ class Faults:
         path = f"/api/products/{product_id}/"
         self.stack.session.patch(self.stack.base + path, json={"title": "first edit"}, timeout=30).raise_for_status()
         caught = self.wait_processing(path)
-        self.stack.signal_tree("worker", signal.SIGSTOP)
+        self.stack.pause("worker")
         try:
             edited = self.stack.session.patch(self.stack.base + path, json={"title": "second edit"}, timeout=30)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CELERY_APP = "workers"  # the module `celery -A` loads
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")  # the test Redis (deploy/test.sh)
+POSTGRES = os.environ.get("MVMATCH_TEST_POSTGRES", "postgres://postgres:mvmatch-test@127.0.0.1:5432/postgres")
 TASKS_MODULE = "matching.tasks"  # where ingest_video / ingest_product live
 
 
@@ -170,6 +172,26 @@ class Stack:
             except ProcessLookupError:
                 pass
 
+    def pause(self, name: str, attempts: int = 50) -> None:
+        """SIGSTOP a process tree at a moment it holds no write lock on the embedded SQLite database (a process
+        stopped inside a transaction would keep every other writer waiting until it is resumed)."""
+        database = self.workdir / "mvmatch.sqlite3"
+        for _ in range(attempts):
+            self.signal_tree(name, signal.SIGSTOP)
+            if self.env.get("DATABASE_URL") or not database.exists():
+                return
+            probe = sqlite3.connect(database, timeout=0.2, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+                return
+            except sqlite3.OperationalError:  # locked by the stopped process: let it finish, try again
+                self.signal_tree(name, signal.SIGCONT)
+                time.sleep(0.02)
+            finally:
+                probe.close()
+        raise TimeoutError(f"{name} held the database's write lock at every attempt to pause it")
+
     def kill(self, name: str) -> None:
         """kill -9 of the whole process tree, as a crash or the OOM killer would."""
         self.signal_tree(name, signal.SIGKILL)
@@ -209,6 +231,20 @@ class Stack:
             "print(Token.objects.get_or_create(user=u)[0].key)")
         self.session.headers["Authorization"] = f"Token {token}"
 
+    def create_product(self, catalogue, product) -> dict:
+        """POST a generated catalogue's product (`ml.datagen`) with its photos, as the current user."""
+        files = [("photos", (Path(rel).name, (catalogue.root / rel).read_bytes(), "image/jpeg"))
+                 for rel in product.images]
+        r = self.post("/api/products/", data={"title": product.title, "description": product.description,
+                                              "price": f"{product.price:.2f}", "category": product.category_path,
+                                              "sku": product.sku}, files=files)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def upload_video(self, path: Path, caption: str) -> requests.Response:
+        return self.post("/api/videos/", data={"caption": caption},
+                         files={"file": (path.name, path.read_bytes(), "video/mp4")})
+
     def get(self, path: str, **kw) -> requests.Response:
         return self.session.get(self.base + path, timeout=self.request_timeout, **kw)
 
@@ -242,3 +278,34 @@ def redis_namespace():
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
         client.close()
+
+
+def rank_of(hits: list[dict], key: str, wanted: int) -> int:
+    """1-based position of the wanted id in a full ranking."""
+    return [h[key]["id"] for h in hits].index(wanted) + 1
+
+
+@contextmanager
+def postgres_database():
+    """A fresh database on the test PostgreSQL, dropped afterwards."""
+    import psycopg
+
+    name = f"mvmatch_e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL does not answer as {POSTGRES} ({exc}); `bash deploy/test.sh` starts one, "
+                    "or set MVMATCH_TEST_POSTGRES")
+    try:
+        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scale_out() -> dict:
+    """Stack arguments of the scale-out deployment: its own PostgreSQL database and Redis namespace."""
+    with postgres_database() as database_url, redis_namespace() as prefix:
+        yield {"broker": REDIS_URL, "database_url": database_url, "redis_key_prefix": prefix}

@@ -6,62 +6,20 @@ Redis broker and result store). Both use a milvus-lite server because the web pr
 share the index. The scale-out run fails, never falls back, when PostgreSQL or Redis does not answer.
 """
 import json
-import os
-import uuid
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from matching.vector_index import MilvusLiteServer
-from ml.datagen import SIZES, generate_dataset
 from tests.chance import assert_rank_sum_beats_chance
 from tests.fault_link import FaultyLink
-from tests.stack import REDIS_URL, Stack, redis_namespace
+from tests.stack import Stack, rank_of, scale_out
 
 pytestmark = pytest.mark.slow
-
-POSTGRES = os.environ.get("MVMATCH_TEST_POSTGRES", "postgres://postgres:mvmatch-test@127.0.0.1:5432/postgres")
-# A generated catalogue of 12 products, one in each of 12 lower categories (6 middles x 2 siblings, so
-# near misses exist), each with one micro-video: 12 queries each way. Each quality check below holds only
-# if a random model would pass it with probability under 1 % (tests.chance): for 12 queries in a gallery
-# of 12, a sum of the true items' ranks of 49 or less (mean rank 4.08; a random model's expected mean is 6.5).
-CATALOGUE = replace(SIZES["tiny"], name="e2e", n_lower=12, products_per_lower={"train": 0, "val": 0, "test": 1},
-                    videos={"train": None, "val": None, "test": None})
-
-
-@pytest.fixture(scope="session")
-def catalogue(tmp_path_factory):
-    return generate_dataset(tmp_path_factory.mktemp("e2e-data"), CATALOGUE, seed=0, progress=False)
-
-
-# --- the scale-out servers ----------------------------------------------------------------------
-
-@contextmanager
-def postgres_database():
-    """A fresh database on the test PostgreSQL, dropped afterwards."""
-    import psycopg
-
-    name = f"mvmatch_e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL does not answer as {POSTGRES} ({exc}); `bash deploy/test.sh` starts one, "
-                    "or set MVMATCH_TEST_POSTGRES")
-    try:
-        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def scale_out() -> dict:
-    """Stack arguments of the scale-out deployment: its own PostgreSQL database and Redis namespace."""
-    with postgres_database() as database_url, redis_namespace() as prefix:
-        yield {"broker": REDIS_URL, "database_url": database_url, "redis_key_prefix": prefix}
+# The catalogue (tests/conftest.py) has 12 products, each with one micro-video: 12 queries each way. Each quality
+# check below holds only if a random model would pass it with probability under 1 % (tests.chance): for 12
+# queries in a gallery of 12, a sum of the true items' ranks of 49 or less (a random model's mean rank is 6.5).
 
 
 @contextmanager
@@ -84,31 +42,11 @@ def stack(request, tmp_path, bundle):
                 yield s
 
 
-# --- helpers ----------------------------------------------------------------------------------------
-
-def create_product(stack: Stack, manifest, product) -> dict:
-    files = [("photos", (Path(rel).name, (manifest.root / rel).read_bytes(), "image/jpeg")) for rel in product.images]
-    r = stack.post("/api/products/", data={"title": product.title, "description": product.description,
-                                           "price": f"{product.price:.2f}", "category": product.category_path,
-                                           "sku": product.sku}, files=files)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def upload_video(stack: Stack, path: Path, caption: str):
-    return stack.post("/api/videos/", data={"caption": caption}, files={"file": (path.name, path.read_bytes(), "video/mp4")})
-
-
-def rank_of(hits: list[dict], key: str, wanted: int) -> int:
-    """1-based position of the wanted id in a full ranking."""
-    return [h[key]["id"] for h in hits].index(wanted) + 1
-
-
 # --- tests ------------------------------------------------------------------------------------------
 
 def test_upload_to_suggestions_on_real_parts(stack, catalogue):
     stack.login("merchant", roles=["merchant"])
-    products = {p.sku: create_product(stack, catalogue, p) for p in catalogue.products}
+    products = {p.sku: stack.create_product(catalogue, p) for p in catalogue.products}
     for body in products.values():
         done = stack.wait_status(f"/api/products/{body['id']}/")
         assert done["status"] == "indexed", done
@@ -117,7 +55,7 @@ def test_upload_to_suggestions_on_real_parts(stack, catalogue):
     videos = catalogue.videos
     uploaded = {}
     for v in videos:
-        r = upload_video(stack, catalogue.root / v.file, v.caption)
+        r = stack.upload_video(catalogue.root / v.file, v.caption)
         assert r.status_code == 202, r.text
         assert r.json()["status"] == "queued"
         uploaded[v.key] = r.json()["id"]
@@ -217,7 +155,7 @@ def test_worker_survives_bad_input_and_marks_it_failed(stack, catalogue):
         assert stack.get(f"/api/videos/{video_id}/suggestions/").status_code == 409
 
     good = catalogue.videos[1]
-    r = upload_video(stack, catalogue.root / good.file, good.caption)
+    r = stack.upload_video(catalogue.root / good.file, good.caption)
     assert stack.wait_status(f"/api/videos/{r.json()['id']}/")["status"] == "indexed"
     assert stack.alive("worker")
     indexed = stack.shell("from matching import services as s; print(s.video_index(s.active_model_version()).count())")
@@ -232,7 +170,7 @@ def test_index_unreachable_at_first_is_retried_with_back_off_then_indexed_once(t
             running_stack(tmp_path, bundle, link.uri, **kwargs) as stack:
         stack.login("publisher", roles=["publisher"])
         video = catalogue.videos[0]
-        r = upload_video(stack, catalogue.root / video.file, video.caption)
+        r = stack.upload_video(catalogue.root / video.file, video.caption)
         assert r.status_code == 202, r.text
         stack.wait_for(lambda: "Retry in" in stack.log("worker"), 120, "the first attempt to fail and be retried")
         body = stack.get(f"/api/videos/{r.json()['id']}/").json()

@@ -7,6 +7,8 @@ import hashlib
 import json
 import re
 import signal
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -81,7 +83,7 @@ def test_reads_are_pure(live):
                                ("owner", ["publisher", "merchant"], False)):
         stack.login(user, staff=staff, roles=roles)
         users.append(stack.session.headers["Authorization"])
-    stack.signal_tree("worker", signal.SIGSTOP)  # its heartbeat is the one writer left; pause it for the battery
+    stack.pause("worker")  # its heartbeat is the one writer left; pause it for the battery
     try:
         before = snapshot(stack)
         paths = ["/api/", "/api/products/", "/api/videos/", "/api/categories/", "/api/categories/?level=middle",
@@ -127,6 +129,22 @@ def test_category_filter_uses_the_videos_own_or_predicted_category(live):
     inside = [h["video"]["id"] for h in stack.get(f"/api/products/{product['id']}/videos/?k=50&category={upper}").json()]
     outside = [h["video"]["id"] for h in stack.get(f"/api/products/{product['id']}/videos/?k=50&category={other}").json()]
     assert video["id"] in inside and video["id"] not in outside, (predicted, inside, outside)
+
+
+def test_a_long_read_does_not_hold_up_writes(live):
+    """The embedded SQLite runs in write-ahead-log mode: a reader in the middle of a transaction (a slow lookup,
+    a worker paused mid-read) leaves writers free; in rollback-journal mode the write waits for the reader."""
+    reader = sqlite3.connect(live.stack.workdir / "mvmatch.sqlite3", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        reader.execute("SELECT count(*) FROM catalog_product").fetchone()
+        started = time.monotonic()
+        live.stack.login("writer-during-a-read")  # creates a user and a token
+        assert time.monotonic() - started < 20  # the write waited for no lock (the busy timeout is 30 s)
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
 
 
 def test_recompute_keeps_decisions_and_checks_ownership(live):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -54,7 +53,7 @@ def site(tmp_path_factory, bundle):
                 "    u.groups.set(Group.objects.filter(name__in=roles))")
             stack.login("shop1")
             *listed, new_product = catalogue.products[:LISTED_PRODUCTS + 1]
-            ids = [create_product(stack, catalogue, p) for p in listed]
+            ids = [stack.create_product(catalogue, p)["id"] for p in listed]
             stack.login("pub2")
             videos = []
             for v in catalogue.videos_in("test"):
@@ -76,15 +75,6 @@ def site(tmp_path_factory, bundle):
             yield Site(stack, catalogue, new_product, videos[0], videos[1])
         finally:
             stack.stop()
-
-
-def create_product(stack: Stack, catalogue, product) -> int:
-    files = [("photos", (Path(rel).name, (catalogue.root / rel).read_bytes(), "image/jpeg")) for rel in product.images]
-    r = stack.post("/api/products/", data={"title": product.title, "description": product.description,
-                                           "price": f"{product.price:.2f}", "category": product.category_path},
-                   files=files)
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
 
 
 def test_publisher_uploads_by_drag_and_drop_and_sees_where_to_place_products(site, chromium):

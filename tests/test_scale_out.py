@@ -17,8 +17,7 @@ import torch
 
 from matching.bench_index import milvus_standalone
 from tests.chance import assert_rank_sum_beats_chance
-from tests.stack import REDIS_URL, Stack, redis_namespace
-from tests.test_end_to_end import catalogue, create_product, postgres_database, rank_of, upload_video  # noqa: F401
+from tests.stack import Stack, rank_of, scale_out
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +41,8 @@ def milvus_server(tmp_path_factory):
 @pytest.fixture
 def deployment(tmp_path, bundle, milvus_server):
     """The stack installed, its users made, both workers and the web server started."""
-    with postgres_database() as database_url, redis_namespace() as prefix:
-        stack = Stack(tmp_path, broker=REDIS_URL, database_url=database_url, milvus_uri=milvus_server,
-                      redis_key_prefix=prefix, environment={"MVMATCH_ML_QUEUE": ML_QUEUE})
+    with scale_out() as servers:
+        stack = Stack(tmp_path, milvus_uri=milvus_server, environment={"MVMATCH_ML_QUEUE": ML_QUEUE}, **servers)
         stack.web_start_timeout = 240  # three processes load the model at once here, on a shared machine
         try:
             stack.install(bundle)
@@ -146,14 +144,14 @@ def test_upload_suggest_review_reindex_across_two_workers_and_a_milvus_server(de
 
     # A merchant's catalogue, then a publisher's micro-videos, all through the API.
     act_as(stack, "merchant")
-    products = {p.sku: create_product(stack, catalogue, p) for p in catalogue.products}
+    products = {p.sku: stack.create_product(catalogue, p) for p in catalogue.products}
     for body in products.values():
         assert stack.wait_status(f"/api/products/{body['id']}/")["status"] == "indexed"
     act_as(stack, "publisher")
     videos = catalogue.videos
     uploaded = {}
     for v in videos:
-        r = upload_video(stack, catalogue.root / v.file, v.caption)
+        r = stack.upload_video(catalogue.root / v.file, v.caption)
         assert r.status_code == 202, r.text
         uploaded[v.key] = r.json()["id"]
     first_indexed = {}

@@ -52,7 +52,7 @@ from ml.serving.video import probe_video, sample_frames
 # What a worker samples (settings MVMATCH_FRAMES_PER_VIDEO, MVMATCH_KEYFRAME_SIZE) and re-ranks (MVMATCH_RERANK_TOP_N).
 FRAMES_PER_VIDEO = 8
 KEYFRAME_SIZE = 160
-RERANK_TOP_N = 50
+RERANK_TOP_N = 20
 FPS = 8
 CAPTION_ROWS = ("hashtags", "none")  # on the clean videos; "product_words" is the clean row itself
 VISUAL_ONLY = "visual only (empty caption)"
@@ -194,11 +194,12 @@ def frame_features(bundle: ModelBundle, frames: list[np.ndarray]) -> tuple[torch
 
 @torch.no_grad()
 def evaluate_bundle(path: Path, products: list[Product], photos: list[list[np.ndarray]], frames: dict[str, list],
-                    texts: dict[str, list[str]], report: Callable[[str], None]) -> dict[str, dict]:
+                    texts: dict[str, list[str]], report: Callable[[str], None], rerank_top_n: int = RERANK_TOP_N
+                    ) -> dict[str, dict]:
     bundle = ModelBundle.load(path)
     gallery = bundle.embed_products(photos, [product_text(p.title, p.description) for p in products])
     levels = [category_levels(p) for p in products]
-    top_n = RERANK_TOP_N if bundle.two_stage is not None else 0
+    top_n = rerank_top_n if bundle.two_stage is not None else 0
     features = {}  # preset -> (frame features, mask)
     captions_of = {kind: bundle.encoder.encode_texts(list(t)) for kind, t in texts.items()}
     out = {}
@@ -261,7 +262,7 @@ def render(results: dict) -> str:
         "their condition (each preset at 100 %, a mix no training run uses).",
         "- Serving path: ffprobe + ffmpeg sampling of "
         f"{setup['frames']} frames at {KEYFRAME_SIZE} px from the file, the bundle's encoders and towers, the "
-        f"index's top {RERANK_TOP_N} re-ranked by the bundle's second stage (when it has one); products from "
+        f"index's top {setup.get('rerank_top_n', RERANK_TOP_N)} re-ranked by the bundle's second stage (when it has one); products from "
         "their JPEG photos and title + description. Ranks over the whole gallery.",
         "- Condition rows have captions with product words; caption rows reuse the clean videos.",
         f"- Machine: {setup['machine']}.",
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="video lengths (the generator's own range by default)")
     parser.add_argument("--frames", type=int, default=FRAMES_PER_VIDEO, help="frames sampled per video (as the worker)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering videos")
+    parser.add_argument("--rerank-top-n", type=int, default=RERANK_TOP_N,
+                        help="candidates the second stage re-ranks (as MVMATCH_RERANK_TOP_N; 0: index order)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress lines on stderr (default: when stderr is a terminal)")
     args = parser.parse_args(argv)
@@ -320,14 +323,14 @@ def main(argv: list[str] | None = None) -> None:
         report("sampled frames of an earlier run with the same settings (delete DIR/data to render again)")
     photos = [[load_photo(data / rel) for rel in p.images] for p in products]
     texts = captions(products, args.seed)
-    models = [evaluate_bundle(Path(args.bundle), products, photos, frames, texts, report)]
+    models = [evaluate_bundle(Path(args.bundle), products, photos, frames, texts, report, args.rerank_top_n)]
     if args.baseline:
         same = Path(args.baseline).resolve() == Path(args.bundle).resolve()
         models.append(models[0] if same else evaluate_bundle(Path(args.baseline), products, photos, frames, texts,
-                                                             report))
+                                                             report, args.rerank_top_n))
     command = "python -m ml.evaluation.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
     setup = {"command": command, "seed": args.seed, "products": len(products), "video_size": args.video_size,
-             "frames": args.frames, "seconds": list(args.seconds),
+             "frames": args.frames, "seconds": list(args.seconds), "rerank_top_n": args.rerank_top_n,
              "machine": machine_description("cpu"), "date": datetime.datetime.now(datetime.timezone.utc).strftime(
                  "%Y-%m-%d %H:%M UTC"), "took_s": time.perf_counter() - start,
              "skus": [p.sku for p in products], "conditions": {k: asdict(v) for k, v in CONDITIONS.items()}}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ml.serving.encoders import Encoder, load_encoder
-from ml.serving.features import FRAMES_PER_VIDEO, product_features, video_features
+from ml.serving.features import FRAMES_PER_VIDEO, photo_features, product_features, video_features
 from ml.serving.text_query import TextQueryHead
 from ml.serving.towers import InstanceTowers, embed_products, embed_videos
 from ml.serving.two_stage import ProductDetail, TwoStage
@@ -121,11 +121,13 @@ class ModelBundle:
     @torch.no_grad()
     def embed_products(self, photos: Sequence[Sequence[np.ndarray]], texts: Sequence[str]) -> Embedded:
         """Products given as lists of uint8 photos [H, W, 3] and their texts (`ml.serving.texts.product_text`)."""
-        feats, mask, text = product_features(self.encoder, photos, texts)
-        vectors = embed_products(self.instance, feats, text, mask)
         if self.two_stage is None:
-            return Embedded(vectors, None)
-        return Embedded(vectors, self._product_details(list(texts), text, feats, mask))
+            feats, mask, text = product_features(self.encoder, photos, texts)
+            return Embedded(embed_products(self.instance, feats, text, mask), None)
+        feats, mask = photo_features(self.encoder, photos)
+        text, *words = self.encoder.encode_text_and_tokens(list(texts))  # one text pass: sentences and words
+        return Embedded(embed_products(self.instance, feats, text, mask),
+                        self._product_details(list(texts), text, feats, mask, words=words))
 
     @torch.no_grad()
     def embed_text_query(self, query: str, detail: bool = True) -> Embedded:

@@ -29,6 +29,11 @@ def video_features(encoder: Encoder, frames: Sequence[np.ndarray], captions: Seq
 
 def product_features(encoder: Encoder, photos: Sequence[Sequence[np.ndarray]], texts: Sequence[str]):
     """photos: per product a list of uint8 [H, W, 3] images. Returns (photo feats [N, P, D], mask, text feats)."""
+    return *photo_features(encoder, photos), encoder.encode_texts(list(texts))
+
+
+def photo_features(encoder: Encoder, photos: Sequence[Sequence[np.ndarray]]):
+    """photos: per product a list of uint8 [H, W, 3] images. Returns (photo feats [N, P, D], mask [N, P])."""
     size = encoder.image_size
     groups = []
     for images in photos:
@@ -36,8 +41,7 @@ def product_features(encoder: Encoder, photos: Sequence[Sequence[np.ndarray]], t
         batch = np.stack([np.asarray(Image.fromarray(im).convert("RGB").resize((size, size), Image.BICUBIC))
                           for im in images])
         groups.append(encoder.encode_images(batch))
-    feats, mask = pad_groups(groups, encoder.embed_dim, dtype=torch.float32)
-    return feats, mask, encoder.encode_texts(list(texts))
+    return pad_groups(groups, encoder.embed_dim, dtype=torch.float32)
 
 
 def load_photo(path: str | Path) -> np.ndarray:

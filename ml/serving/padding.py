@@ -5,8 +5,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.nn.functional import pad
-from torch.nn.utils.rnn import pad_sequence
 
 
 def pad_groups(groups: Sequence, dim: int | None = None, masks: Sequence[Tensor] | None = None,
@@ -15,19 +13,25 @@ def pad_groups(groups: Sequence, dim: int | None = None, masks: Sequence[Tensor]
 
     ``masks`` gives each group's own row mask (default: all its rows are real); ``dim`` is needed only
     when ``groups`` may be empty; ``dtype`` defaults to the first group's. At least one slot per row.
-    Padding is one native call (a lookup pads its candidates' features on every request).
+    A fixed number of native calls (a lookup pads its candidates' features on every request).
     """
     groups = [torch.as_tensor(g) for g in groups]
     if not groups:
         return torch.zeros(0, 1, dim or 0, dtype=dtype or torch.float32), torch.zeros(0, 1, dtype=torch.bool)
     dtype = dtype or groups[0].dtype
     groups = [g if g.dtype == dtype else g.to(dtype) for g in groups]
-    out = pad_sequence(groups, batch_first=True)
-    if masks is None:
-        lengths = torch.tensor([len(g) for g in groups])
-        mask = torch.arange(out.shape[1]) < lengths[:, None]
-    else:
-        mask = pad_sequence([torch.as_tensor(m, dtype=torch.bool) for m in masks], batch_first=True)
-    if out.shape[1] == 0:  # every group empty
-        out, mask = pad(out, (0, 0, 0, 1)), pad(mask, (0, 1))
+    masks = None if masks is None else [torch.as_tensor(m, dtype=torch.bool) for m in masks]
+    lengths = [len(g) for g in groups]
+    longest = max(lengths)
+    if longest == min(lengths) > 0:  # equal lengths (a lookup's candidates mostly are): one stack
+        return torch.stack(groups), torch.stack(masks) if masks else torch.ones(len(groups), longest, dtype=torch.bool)
+    # Scatter the rows of all groups into a zero batch: a fixed number of native calls, whatever the count.
+    counts = torch.tensor(lengths)
+    rows = torch.repeat_interleave(torch.arange(len(groups)), counts)
+    cols = torch.arange(len(rows)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    width = max(longest, 1)  # at least one slot per row
+    out = groups[0].new_zeros(len(groups), width, *groups[0].shape[1:])
+    out[rows, cols] = torch.cat(groups)
+    mask = torch.zeros(len(groups), width, dtype=torch.bool)
+    mask[rows, cols] = torch.cat(masks) if masks else True
     return out, mask

@@ -95,6 +95,8 @@ def aosm(sims: Tensor, row_mask: Tensor, col_mask: Tensor, tau: Tensor) -> tuple
     """Attention over a similarity matrix ``sims [..., M, N]`` (X-CLIP): weight each similarity by
     the softmax of the similarities along one axis, sum, repeat along the other axis; average the two
     orders. Returns (score [...], weight of each row [..., M])."""
+    if sims.shape[-1] == 1 or sims.shape[-2] == 1:
+        return _aosm_vector(sims, row_mask, col_mask, tau)
     pair = row_mask.unsqueeze(-1) & col_mask.unsqueeze(-2)
     per_row = (masked_softmax(sims / tau, pair, -1) * sims).sum(-1)  # [..., M]: best columns of each row
     row_weight = masked_softmax(per_row / tau, row_mask, -1)
@@ -102,6 +104,22 @@ def aosm(sims: Tensor, row_mask: Tensor, col_mask: Tensor, tau: Tensor) -> tuple
     per_col = (masked_softmax(sims / tau, pair, -2) * sims).sum(-2)  # [..., N]
     cols_first = (masked_softmax(per_col / tau, col_mask, -1) * per_col).sum(-1)
     return (rows_first + cols_first) / 2, row_weight
+
+
+def _aosm_vector(sims: Tensor, row_mask: Tensor, col_mask: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+    """`aosm` where one side is a single item (a video vector, a sentence): both orders reduce to one softmax over
+    the other side, so a lookup's four one-item grains cost one softmax each instead of four."""
+    if sims.shape[-1] == 1 and sims.shape[-2] == 1:  # one pair: its similarity
+        return sims[..., 0, 0].masked_fill(~(row_mask[..., 0] & col_mask[..., 0]), 0.0), row_mask.to(sims.dtype)
+    if sims.shape[-1] == 1:  # one column: rows are the set
+        x, one, many = sims[..., 0], col_mask[..., :1], row_mask
+        mask = many & one
+        row_weight = masked_softmax(x.masked_fill(~one, 0.0) / tau, row_mask, -1)
+    else:  # one row: columns are the set
+        x, one, many = sims[..., 0, :], row_mask[..., :1], col_mask
+        mask = many & one
+        row_weight = row_mask.to(sims.dtype)
+    return (masked_softmax(x / tau, mask, -1) * x).sum(-1), row_weight
 
 
 class MultiGrainedHead(nn.Module):
@@ -144,29 +162,33 @@ class MultiGrainedHead(nn.Module):
             photos = product.photos.float()
             targets["photo"] = (photos, product.photo_mask)
             targets["photomean"] = (F.normalize(masked_mean(photos, product.photo_mask), dim=-1).unsqueeze(-2), one_p)
-        sources = {"video": (vid, one_v), "frame": (frames, fmask)}
-
-        def sim(a: Tensor, b: Tensor) -> Tensor:
-            return torch.einsum("amd,bnd->abmn", a, b) if pairwise else torch.einsum("nmd,nkd->nmk", a, b)
-
-        def mask2(rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-            if not pairwise:
-                return rows, cols
-            a, b = rows.shape[0], cols.shape[0]
-            return rows[:, None].expand(a, b, -1), cols[None].expand(a, b, -1)
-
+        # Every target side side by side: one similarity matrix per source, each grain reads its columns.
+        spans, at = {}, 0
+        for name, (t, _) in targets.items():
+            spans[name] = slice(at, at + t.shape[-2])
+            at += t.shape[-2]
+        columns = torch.cat([t for t, _ in targets.values()], dim=-2)
+        column_mask = torch.cat([m for _, m in targets.values()], dim=-1)
+        taus = self.log_tau.exp()
         scores, frame_weights = [], []
-        for g, grain in enumerate(self.grains):
-            source, target = grain.split("-")
-            if target == "photo" or grain == "video-photo":
-                if "photo" not in targets:
+        for source, (rows, row_mask) in {"video": (vid, one_v), "frame": (frames, fmask)}.items():
+            if pairwise:
+                sims = torch.einsum("amd,bnd->abmn", rows, columns)
+                a, b = rows.shape[0], columns.shape[0]
+                row_mask, cols_mask = row_mask[:, None].expand(a, b, -1), column_mask[None].expand(a, b, -1)
+            else:
+                sims, cols_mask = torch.einsum("nmd,nkd->nmk", rows, columns), column_mask
+            for g, grain in enumerate(self.grains):
+                if not grain.startswith(source + "-"):
+                    continue
+                target = grain.split("-")[1]
+                if target == "photo" and "photo" not in targets:
                     continue  # no photos (a text query): text grains only
-                target = "photomean" if grain == "video-photo" else "photo"
-            (a, am), (b, bm) = sources[source], targets[target]
-            s, w = aosm(sim(a, b), *mask2(am, bm), self.log_tau[g].exp())
-            scores.append(s)
-            if source == "frame":
-                frame_weights.append(w)
+                span = spans["photomean" if grain == "video-photo" else target]
+                s, w = aosm(sims[..., span], row_mask, cols_mask[..., span], taus[g])
+                scores.append(s)
+                if source == "frame":
+                    frame_weights.append(w)
         return FineScores(torch.stack(scores).mean(0), torch.stack(frame_weights).mean(0))
 
 

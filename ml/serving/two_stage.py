@@ -39,7 +39,7 @@ from ml.serving.salient import SalientConfig, SalientFrameSelector
 class TwoStageConfig:
     salient: SalientConfig | None = SalientConfig()  # None: every sampled frame is pooled
     rerank: RerankConfig | None = RerankConfig()  # None: index order (plus the category boost)
-    top_n: int = 50  # candidates the index returns for re-ranking
+    top_n: int = 20  # candidates the index returns for re-ranking (docs/serving.md: why 20)
     category: CategoryConfig | None = CategoryConfig()  # None: no prediction, no boost
     caption_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # (0.0,): no caption branch
     boost_levels: tuple[str, ...] = ("middle", "lower")

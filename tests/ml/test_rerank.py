@@ -29,6 +29,27 @@ def test_aosm_by_hand():
     assert math.isclose(float(score), 0.3, abs_tol=1e-6) and row_weight.tolist() == [0.0, 1.0]
 
 
+def test_aosm_with_one_item_on_a_side_equals_the_general_case():
+    """The one-row / one-column shortcut gives what the general two-order form gives when the single item is
+    padded with a masked one (which forces the general form), masked rows and empty sets included."""
+    torch.manual_seed(0)
+    tau = torch.tensor(0.07)
+    for trial in range(20):
+        batch, many = (3, 5), 6 if trial % 2 else 1  # one side a set, or both single (one pair)
+        sims = torch.rand(*batch, many, 1) * 2 - 1
+        rows = torch.rand(*batch, many) > 0.3
+        one = torch.rand(*batch, 1) > (0.0 if trial < 10 else 0.5)
+        pad = torch.zeros(*batch, 1, dtype=torch.bool)
+        for transpose in (False, True):
+            s, r, c = (sims.transpose(-1, -2), one, rows) if transpose else (sims, rows, one)
+            padded = torch.cat([s, torch.rand_like(s)], dim=-2 if transpose else -1)
+            pr, pc = (torch.cat([r, pad], -1), c) if transpose else (r, torch.cat([c, pad], -1))
+            score, weight = aosm(s, r, c, tau)
+            want_score, want_weight = aosm(padded, pr, pc, tau)
+            torch.testing.assert_close(score, want_score)
+            torch.testing.assert_close(weight, want_weight[..., :weight.shape[-1]])
+
+
 def test_aligned_and_pairwise_scores_agree_and_text_queries_work(clip_like):
     data, _, words = clip_like(6)
     head = MultiGrainedHead(16).eval()

@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--k", type=int, default=10)
-        parser.add_argument("--top-n", type=int, default=50, help="candidates the second stage re-ranks")
+        parser.add_argument("--top-n", type=int, default=settings.MVMATCH_RERANK_TOP_N, help="candidates the second stage re-ranks")
         parser.add_argument("--repeats", type=int, default=3, help="timed lookups per record and setting")
         parser.add_argument("--truth", help="the demo's report (var/demo-report.json): scores both orders "
                                             "by the true product's rank")
