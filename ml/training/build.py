@@ -58,9 +58,8 @@ class BuildConfig:
     name: str = "demo"
     data_size: str = "demo-train"
     seed: int = 1  # the demo catalogue uses seed 0: training products differ from it
-    # The capture-robust recipe (training_mix "capture", augmentation "capture", caption_dropout 0.3) is built with
-    # `--training-mix capture --augmentation capture --caption-dropout 0.3` and compared with this default in
-    # docs/benchmark/robustness.md; it becomes the default once it holds the demo's own figures there.
+    # The capture-robust recipe (`--augmentation capture --tower-steps 800`) holds better on hand-held footage but
+    # loses on the generator's own videos (the demo's and validation); docs/benchmark/robustness-recipes.md.
     training_mix: str = "none"  # a name in TRAINING_MIXES
     encoder: str = "mv-tiny-vit-minilm"
     tower_steps: int = 400

@@ -338,6 +338,7 @@ def train_tower(
     locked_text = LockedTextFeatures(encoder) if lock_text and hf_text else None
 
     losses: list[float] = []
+    log_line_every = max(log_every, steps // 10)  # a log file gets about ten loss lines, whatever the length
     started = time.perf_counter()
     try:
         _train_mode(model)
@@ -364,7 +365,8 @@ def train_tower(
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 recent = sum(losses[-log_every:]) / len(losses[-log_every:])
                 bar.set_postfix(loss=f"{recent:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
-                log.info("step %d/%d loss %.4f", step + 1, steps, recent)
+                if (step + 1) % log_line_every == 0 or step + 1 == steps:
+                    log.info("step %d/%d loss %.4f", step + 1, steps, recent)
     finally:
         if kept_patch_dropout is not None:
             model.visual.patch_dropout = kept_patch_dropout
