@@ -57,9 +57,7 @@ def site(tmp_path_factory, bundle):
             stack.login("pub2")
             videos = []
             for v in catalogue.videos_in("test"):
-                path = catalogue.root / v.file
-                r = stack.post("/api/videos/", data={"caption": v.caption},
-                               files={"file": (path.name, path.read_bytes(), "video/mp4")})
+                r = stack.upload_video(catalogue.root / v.file, v.caption)
                 assert r.status_code == 202, r.text
                 videos.append(r.json()["id"])
             stack.login("shop1")

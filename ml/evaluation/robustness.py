@@ -47,12 +47,13 @@ from ml.serving.features import load_photo
 from ml.serving.padding import pad_groups
 from ml.serving.texts import product_text
 from ml.serving.towers import embed_videos
+from ml.serving.two_stage import TwoStageConfig
 from ml.serving.video import probe_video, sample_frames
 
 # What a worker samples (settings MVMATCH_FRAMES_PER_VIDEO, MVMATCH_KEYFRAME_SIZE) and re-ranks (MVMATCH_RERANK_TOP_N).
 FRAMES_PER_VIDEO = 8
 KEYFRAME_SIZE = 160
-RERANK_TOP_N = 20
+RERANK_TOP_N = TwoStageConfig.top_n
 FPS = 8
 CAPTION_ROWS = ("hashtags", "none")  # on the clean videos; "product_words" is the clean row itself
 VISUAL_ONLY = "visual only (empty caption)"

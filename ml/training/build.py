@@ -78,7 +78,7 @@ class BuildConfig:
     # embedding pools only 3 frames) are opt-in: +1.6 / +3.1 R@1 on the full benchmark, but -12 points
     # top-1 on the demo catalogue with the demo's 312 training videos.
     salient_frames: bool = False
-    rerank_top_n: int = 20
+    rerank_top_n: int = TwoStageConfig.top_n
     category_head: bool = True
     epochs: int = 30
     batch_size: int = 64
