@@ -3,6 +3,7 @@
 on tiny configurations."""
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,6 +96,7 @@ def test_build_model_trains_registers_and_activates_a_bundle_once(settings, tmp_
 def eager_tasks():
     from workers import app
 
+    app.loader.import_default_modules()  # tasks sent by name run eagerly only once they are registered
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False
@@ -110,21 +112,28 @@ def ontology_restored():
 @pytest.mark.django_db(transaction=True)
 def test_load_demo_ingests_the_catalogue_and_reports_against_chance(bundle, settings, tmp_path, eager_tasks,
                                                                      ontology_restored, capsys):
-    """The demo loader on the tiny catalogue, its tasks run in-process (eager): every product and video
-    indexed, the report written with the truth of each video."""
+    """The demo loader on the tiny catalogue with one product filmed under every capture preset, its tasks run
+    in-process (eager): every product and video indexed, the report written with the truth of each of the
+    generator's own videos and a line per capture condition."""
     from matching.indexing import IndexState
     from matching.models import MicroVideo
     from catalog.models import Product
-    from ml.datagen import SIZES, generate_dataset
+    from ml.datagen import CONDITIONS, SIZES, generate_dataset
 
     settings.VAR_DIR = tmp_path
     data = tmp_path / "demo-data"
-    manifest = generate_dataset(data, SIZES["tiny"], seed=0, progress=False)
+    manifest = generate_dataset(data, replace(SIZES["tiny"], filmed_per_condition=1), seed=0, progress=False)
+    own = [v for v in manifest.videos_in("test") if v.capture is None]
     call_command("register_model", str(bundle), "--name", "demo", "--activate")
     call_command("load_demo", "--data", str(data), "--timeout", "120")
     assert Product.objects.filter(status=IndexState.INDEXED).count() == len(manifest.products_in("test"))
     assert MicroVideo.objects.filter(status=IndexState.INDEXED).count() == len(manifest.videos_in("test"))
+    assert len(manifest.videos_in("test")) == len(own) + len(CONDITIONS)
     report = json.loads((tmp_path / "demo-report.json").read_text())
-    assert report["videos"] == len(manifest.videos_in("test")) and report["products"] == len(manifest.products_in("test"))
+    assert report["videos"] == len(own) and report["products"] == len(manifest.products_in("test"))
     assert all(rank is None or 1 <= rank for rank in report["ranks"]) and len(report["truth"]) == report["videos"]
-    assert "staff login for the admin: admin / mvmatch-demo" in capsys.readouterr().out
+    assert list(report["conditions"]) == list(CONDITIONS)
+    assert all(line["videos"] == 1 and 0 <= line["top1"] <= line["top10"] <= 1 for line in report["conditions"].values())
+    out = capsys.readouterr().out
+    assert "staff login for the admin: admin / mvmatch-demo" in out
+    assert all(f"[demo]   {preset:<12} top-1" in out for preset in CONDITIONS)

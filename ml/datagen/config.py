@@ -32,6 +32,9 @@ class DatasetConfig:
     # as the generator has always made it (clean capture, captions with product words).
     capture_mix: dict[str, float] | None = None
     caption_mix: dict[str, float] | None = None
+    # Test videos filmed under every capture preset, besides the split's own: this many products (spread over the
+    # lower categories), each filmed once per preset, so a report can give a line per condition.
+    filmed_per_condition: int = 0
 
     def with_overrides(self, **changes) -> "DatasetConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -48,13 +51,15 @@ SIZES: dict[str, DatasetConfig] = {
         seconds=(2.0, 3.0),
         photos_per_product=(1, 2),
     ),
-    # Product demo: a 60-product catalogue of unseen products and 24 query videos.
+    # Product demo: a 60-product catalogue of unseen products, 24 query videos as the generator makes them and
+    # 8 products filmed under each capture preset.
     "demo": DatasetConfig(
         name="demo",
         n_lower=20,
         lowers_per_middle=2,
         products_per_lower={"test": 3},
         videos={"test": 24},
+        filmed_per_condition=8,
     ),
     # Benchmark: 312 lower categories; test gallery 1248 products, one video per product in every split.
     "full": DatasetConfig(

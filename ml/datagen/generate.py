@@ -39,7 +39,7 @@ def spread_sample(products: list[Product], count: int, rng: np.random.Generator)
 
 
 def plan_videos(products: list[Product], config: DatasetConfig, seed: int) -> list[Video]:
-    """One video record (caption and frame kinds still empty) per chosen product."""
+    """One video record (caption and frame kinds still empty) per chosen product, then the filmed test videos."""
     rng = np.random.default_rng([seed, 1])
     videos = []
     for split in SPLITS:
@@ -51,6 +51,13 @@ def plan_videos(products: list[Product], config: DatasetConfig, seed: int) -> li
             key = f"{p.sku}-v0"
             videos.append(Video(key=key, product_sku=p.sku, caption="", file=f"videos/{split}/{key}.{ext}",
                                 split=split, fps=config.fps))
+    if config.filmed_per_condition:
+        pool = [p for p in products if p.split == "test"]
+        for p in spread_sample(pool, config.filmed_per_condition, np.random.default_rng([seed, 7])):
+            for preset in CONDITIONS:
+                key = f"{p.sku}-{preset}"
+                videos.append(Video(key=key, product_sku=p.sku, caption="", file=f"videos/test/{key}.mp4",
+                                    split="test", fps=config.fps, capture=preset))
     return videos
 
 
@@ -67,8 +74,8 @@ def mix_choice(mix: dict[str, float], rng: np.random.Generator) -> str:
 
 
 def distractor_pool(video: Video, products: list[Product], config: DatasetConfig, seed: int) -> list[Product]:
-    """A few other products of the video's split, for the distractors condition (only with a capture mix)."""
-    if config.capture_mix is None:
+    """A few other products of the video's split, for the distractors condition (only for captured videos)."""
+    if config.capture_mix is None and video.capture is None:
         return []
     pool = [p for p in products if p.split == video.split and p.sku != video.product_sku]
     rng = np.random.default_rng([seed, 4, stable_seed(video.key)])
@@ -81,7 +88,7 @@ def write_video(video: Video, product: Product, config: DatasetConfig, seed: int
     mixes = np.random.default_rng([seed, 3, stable_seed(video.key)])  # the mixes' draws leave the video's own alone
     mixed = video.split != "test"
     caption_kind = mix_choice(config.caption_mix, mixes) if mixed and config.caption_mix else None
-    capture = mix_choice(config.capture_mix, mixes) if mixed and config.capture_mix else None
+    capture = video.capture or (mix_choice(config.capture_mix, mixes) if mixed and config.capture_mix else None)
     caption = make_caption(product, rng, config.caption_difficulty, caption_kind or "product_words")
     n_frames = int(round(rng.uniform(*config.seconds) * config.fps))
     crf = DEFAULT_CRF
@@ -106,9 +113,10 @@ def run_job(job: tuple) -> Video | None:
 
 
 def generator_settings(config: DatasetConfig, seed: int) -> dict:
-    # Output does not depend on workers; mixes are recorded only when set (settings of older manifests stay the same).
+    # Output does not depend on workers; mixes and filmed videos are recorded only when set (settings of older
+    # manifests stay the same).
     settings = {k: v for k, v in asdict(config).items()
-                if k != "workers" and not (k in ("capture_mix", "caption_mix") and v is None)}
+                if k != "workers" and not (k in ("capture_mix", "caption_mix", "filmed_per_condition") and not v)}
     return {"size": config.name, "seed": seed, **settings}
 
 

@@ -26,7 +26,7 @@ import math
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -81,7 +81,7 @@ def test_products(root: Path, n: int, seed: int) -> list[Product]:
     """``n`` catalogue products (3 per lower category, siblings together) with their photos, from ``seed``."""
     lowers = math.ceil(n / 3)
     config = replace(SIZES["demo"], name="robustness", n_lower=lowers, products_per_lower={"test": 3},
-                     videos={"test": 0})
+                     videos={"test": 0}, filmed_per_condition=0)
     manifest = generate_dataset(root, config, seed=seed, progress=False)
     return manifest.products[:n]
 
@@ -170,9 +170,10 @@ def embed_videos_from(bundle: ModelBundle, feats: torch.Tensor, mask: torch.Tens
     return Embedded(embed_videos(bundle.instance, feats, text, torch.stack([d.kept for d in details])), details)
 
 
-def served_ranks(bundle: ModelBundle, videos: Embedded, products: Embedded, levels: list, top_n: int) -> np.ndarray:
-    """Rank of each video's product (video i is about product i): index order, the top ``top_n`` reordered by
-    the second stage as `matching.services.rank_for` does."""
+def served_ranks(bundle: ModelBundle, videos: Embedded, products: Embedded, levels: list, top_n: int,
+                 truth: Sequence[int] | None = None) -> np.ndarray:
+    """Rank of each video's product (``truth[i]``, by default product i): index order, the top ``top_n`` reordered
+    by the second stage as `matching.services.rank_for` does."""
     first = videos.vectors @ products.vectors.T  # the index's inner product on unit vectors
     n_videos, n_products = first.shape
     position = np.empty_like(first)
@@ -184,7 +185,7 @@ def served_ranks(bundle: ModelBundle, videos: Embedded, products: Embedded, leve
                                                     [levels[i] for i in top], first[v, top].tolist())
             order = np.concatenate([top[ranked.order.numpy()], order[top_n:]])
         position[v, order] = np.arange(n_products)
-    return score_ranks(-position, np.arange(n_videos))[0]
+    return score_ranks(-position, np.arange(n_videos) if truth is None else np.asarray(truth))[0]
 
 
 def frame_features(bundle: ModelBundle, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

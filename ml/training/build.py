@@ -58,14 +58,15 @@ class BuildConfig:
     name: str = "demo"
     data_size: str = "demo-train"
     seed: int = 1  # the demo catalogue uses seed 0: training products differ from it
-    # The capture-robust recipe (`--augmentation capture --tower-steps 800`) holds better on hand-held footage but
-    # loses on the generator's own videos (the demo's and validation); docs/benchmark/robustness-recipes.md.
+    # The robust recipe (`--augmentation mixed --tower-steps 800`) holds better on hand-held footage, but on the
+    # demo's own videos its top-1 swings with the build by more than it gains; docs/benchmark/robustness-recipes.md.
     training_mix: str = "none"  # a name in TRAINING_MIXES
     encoder: str = "mv-tiny-vit-minilm"
     tower_steps: int = 400
     tower_batch: int = 64
     # What the image tower's training images go through (ml.training.train_tower.AUGMENTATIONS): "capture"
-    # pastes products onto clutter, crops, turns, tints, blurs, adds noise and cut-outs, photos and frames alike.
+    # pastes products onto clutter, crops, turns, tints, blurs, adds noise and cut-outs, photos and frames alike;
+    # "mixed" does that (without the tint) to half of each batch.
     augmentation: str = "light"
     # Share of training videos the instance towers see without their caption (the empty caption's feature).
     caption_dropout: float = 0.0

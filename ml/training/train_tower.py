@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -219,13 +219,36 @@ def clutter(n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
     return (base + 0.15 * rand(n, 1, 1, 1) * grain).clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class AugmentationMix:
+    """Each image goes through one of several augmentations, drawn per image by weight, so one batch holds
+    the product as the catalogue shows it and as a hand-held camera films it."""
+
+    choices: tuple[tuple[Augmentation, float], ...]
+
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        weights = torch.tensor([weight for _, weight in self.choices], dtype=torch.float)
+        picked = torch.multinomial(weights, pixels.shape[0], replacement=True, generator=generator).to(pixels.device)
+        out = pixels.clone()
+        for i, (augmentation, _) in enumerate(self.choices):
+            chosen = (picked == i).nonzero().flatten()
+            if len(chosen):
+                out[chosen] = augmentation(pixels[chosen], generator)
+        return out
+
+
 # Named augmentations (what a build config picks): "light" is the crop / flip / jitter the demo model
-# trained with before capture conditions; "capture" adds what hand-held footage does to a product.
-AUGMENTATIONS: dict[str, Augmentation | None] = {
+# trained with before capture conditions; "capture" adds what hand-held footage does to a product;
+# "mixed" gives half of every batch the light one and half the capture one without its colour cast
+# (a colour cast blurs the colours that tell sibling products apart: docs/benchmark/robustness-recipes.md).
+LIGHT = Augmentation()
+CAPTURE = Augmentation(min_scale=0.3, rotation=15.0, jitter=0.4, colour_cast=0.15, paste=0.5, paste_scale=(0.4, 0.85),
+                       paste_out=0.15, blur=0.3, noise=0.05, cutout=0.25)
+AUGMENTATIONS: dict[str, Augmentation | AugmentationMix | None] = {
     "none": None,
-    "light": Augmentation(),
-    "capture": Augmentation(min_scale=0.3, rotation=15.0, jitter=0.4, colour_cast=0.15, paste=0.5,
-                            paste_scale=(0.4, 0.85), paste_out=0.15, blur=0.3, noise=0.05, cutout=0.25),
+    "light": LIGHT,
+    "capture": CAPTURE,
+    "mixed": AugmentationMix(((LIGHT, 1.0), (replace(CAPTURE, colour_cast=0.0, jitter=LIGHT.jitter), 1.0))),
 }
 
 
@@ -306,7 +329,7 @@ def train_tower(
     *,
     weight_decay: float = 0.1,
     warmup_steps: int | None = None,
-    augmentation: Augmentation | None = Augmentation(),
+    augmentation: Augmentation | AugmentationMix | None = Augmentation(),
     checkpoint_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
 ) -> TrainResult:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ml.training.train_instance import drop_captions
-from ml.training.train_tower import AUGMENTATIONS, Augmentation, clutter
+from ml.training.train_tower import AUGMENTATIONS, Augmentation, AugmentationMix, clutter
 
 CAPTURE = AUGMENTATIONS["capture"]
 # Every op off: the affine resample is the identity, the colour factors are 1.
@@ -76,6 +76,17 @@ def test_paste_share_leaves_the_other_images_untouched():
     out = replace(OFF, paste=0.3)(pixels, seeded())
     untouched = torch.isclose(out, pixels, atol=1e-5).flatten(1).all(dim=1).float().mean()
     assert untouched.item() == pytest.approx(0.7, abs=0.1)
+
+
+def test_a_mix_sends_each_image_through_one_choice_by_weight_and_is_seeded():
+    pixels = photos(400)
+    mix = AugmentationMix(((OFF, 1.0), (replace(OFF, cutout=1.0, cutout_size=0.9), 3.0)))
+    out = mix(pixels, seeded(5))
+    untouched = torch.isclose(out, pixels, atol=1e-5).flatten(1).all(dim=1).float().mean()
+    assert untouched.item() == pytest.approx(0.25, abs=0.06)
+    assert torch.equal(out, mix(pixels, seeded(5)))
+    assert not torch.equal(out, mix(pixels, seeded(6)))
+    assert torch.allclose(AugmentationMix(((OFF, 1.0),))(pixels, seeded()), pixels, atol=1e-5)
 
 
 def test_clutter_is_textured_and_seeded():

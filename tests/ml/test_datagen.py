@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 import ffmpeg
 import numpy as np
 import pytest
 
-from ml.datagen import (FRAME_KINDS, SIZES, encode_video, generate_dataset, load_manifest, make_caption,
+from ml.datagen import (CONDITIONS, FRAME_KINDS, SIZES, encode_video, generate_dataset, load_manifest, make_caption,
                         plan_timeline, read_video_frames, render_product_photo, render_video_frames)
 from ml.datagen.__main__ import main as cli_main
 from ml.datagen.catalog import sample_products, visible_key
+from ml.datagen.generate import plan_videos
 from ml.datagen.draw import category_glyph
 from ml.serving.ontology import load_ontology
 
@@ -116,6 +118,19 @@ def test_full_size_has_a_large_test_gallery_with_same_category_negatives():
 def test_demo_size_matches_the_demo_plan():
     products = sample_products(SIZES["demo"], 0)
     assert len(products) == 60 and len({p.category_path for p in products}) == 20
+
+
+def test_filmed_videos_show_the_same_products_under_every_preset_and_leave_the_split_videos_alone():
+    config = SIZES["demo"]
+    products = sample_products(config, 0)
+    plain = plan_videos(products, replace(config, filmed_per_condition=0), 0)
+    planned = plan_videos(products, config, 0)
+    filmed = planned[len(plain):]
+    assert planned[:len(plain)] == plain and len(plain) == 24
+    assert Counter(v.capture for v in filmed) == {preset: config.filmed_per_condition for preset in CONDITIONS}
+    assert len({v.product_sku for v in filmed}) == config.filmed_per_condition
+    assert all(v.split == "test" and v.file.endswith(".mp4") for v in filmed)
+    assert len({v.key for v in planned}) == len({v.file for v in planned}) == len(planned)
 
 
 def test_captions_are_noisy_and_sometimes_empty():

@@ -36,7 +36,7 @@ class Command(BaseCommand):
 
         root = Path(data) if data else settings.VAR_DIR / "demo-data"
         manifest = (load_manifest(root) if (root / "manifest.json").exists()
-                    else generate_dataset(root, SIZES["demo"], seed=seed))
+                    else generate_dataset(root, SIZES["demo"], seed=seed, progress=sys.stderr.isatty()))
         staff, merchant, publisher = self._users()
 
         products = {}
@@ -104,28 +104,47 @@ class Command(BaseCommand):
             self.stderr.write(f"{what[:-1]} {failed.pk} failed: {failed.error}")
 
     def _report(self, manifest, products, videos, staff) -> None:
+        """The true product's rank among each video's suggestions: the headline over the generator's own videos,
+        then a line per capture condition (the same products filmed under each preset)."""
+        from ml.datagen import CONDITIONS
+
         sku_of = {v.key: v.product_sku for v in manifest.videos}
-        ranks = []
+        rank_of = {}
         for key, video in videos.items():
-            true_product = products[sku_of[key]]
-            match = Match.objects.filter(video=video, product=true_product,
+            match = Match.objects.filter(video=video, product=products[sku_of[key]],
                                          direction=Match.Direction.VIDEO_TO_PRODUCT).first()
-            ranks.append(match.rank if match else None)
+            rank_of[key] = match.rank if match else None
+        own = [v.key for v in manifest.videos_in("test") if v.capture is None]
+        ranks = [rank_of[key] for key in own]
         n = len(ranks)
-        top1 = sum(r == 1 for r in ranks) / n
-        top10 = sum(r is not None and r <= 10 for r in ranks) / n
+        top1, top10 = _share(ranks, 1), _share(ranks, 10)
+        conditions = {}
+        for preset in CONDITIONS:
+            filmed = [rank_of[v.key] for v in manifest.videos_in("test") if v.capture == preset]
+            if filmed:
+                conditions[preset] = {"videos": len(filmed), "top1": round(_share(filmed, 1), 3),
+                                      "top10": round(_share(filmed, 10), 3), "ranks": filmed}
         report = {"videos": n, "products": len(products), "top1": round(top1, 3), "top10": round(top10, 3),
                   "chance_top1": round(1 / len(products), 3), "ranks": ranks,
-                  "truth": {video.pk: products[sku_of[key]].pk for key, video in videos.items()}}
+                  "truth": {videos[key].pk: products[sku_of[key]].pk for key in own}, "conditions": conditions}
         (settings.VAR_DIR / "demo-report.json").write_text(json.dumps(report, indent=2))
-        tokens = {u.username: Token.objects.get_or_create(user=u)[0].key
-                  for u in get_user_model().objects.filter(username__in=["merchant", "publisher"])}
         self.stdout.write(self.style.SUCCESS(
             f"\n[demo] {n} micro-videos against {len(products)} products: true product ranked first for "
             f"{top1:.0%}, in the top 10 for {top10:.0%} (chance top-1: {1 / len(products):.1%})"))
+        if conditions:
+            self.stdout.write(f"[demo] the same {max(c['videos'] for c in conditions.values())} products filmed "
+                              "under each capture condition (docs/benchmark/robustness.md has the full table):")
+            for preset, line in conditions.items():
+                self.stdout.write(f"[demo]   {preset:<12} top-1 {line['top1']:4.0%}  top-10 {line['top10']:4.0%}")
+        tokens = {u.username: Token.objects.get_or_create(user=u)[0].key
+                  for u in get_user_model().objects.filter(username__in=["merchant", "publisher"])}
         self.stdout.write(f"[demo] staff login for the admin: {staff.username} / {DEMO_PASSWORD}")
         self.stdout.write(f"[demo] page logins: publisher, merchant, reviewer / {DEMO_PASSWORD}")
         self.stdout.write(f"[demo] API tokens: merchant {tokens['merchant']}, publisher {tokens['publisher']}")
         pending = Match.objects.filter(status=Match.Review.PENDING).count()
         self.stdout.write(f"[demo] {pending} suggested matches wait for review")
 
+
+def _share(ranks: list[int | None], k: int) -> float:
+    """Share of videos whose true product is among the first ``k`` suggestions."""
+    return sum(r is not None and r <= k for r in ranks) / len(ranks)
