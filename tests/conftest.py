@@ -52,6 +52,17 @@ def bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def eager_tasks():
+    """Celery tasks run in-process when sent (the worker's code path without a broker)."""
+    from workers import app
+
+    app.loader.import_default_modules()  # tasks sent by name run eagerly only once they are registered
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
 def sent_tasks(monkeypatch):
     """Ingest tasks sent to the broker, as ("video" | "product", id), recorded instead of sent."""
     sent = []

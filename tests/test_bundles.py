@@ -93,16 +93,6 @@ def test_build_model_trains_registers_and_activates_a_bundle_once(settings, tmp_
 
 
 @pytest.fixture
-def eager_tasks():
-    from workers import app
-
-    app.loader.import_default_modules()  # tasks sent by name run eagerly only once they are registered
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
-@pytest.fixture
 def ontology_restored():
     """A transactional test empties every table at its end: load the ontology again for the tests after it."""
     yield

@@ -18,12 +18,8 @@ def video():
 
 
 @pytest.fixture(autouse=True)
-def eager(settings):
-    from workers import app
-
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
+def _eager(eager_tasks):
+    """Every test here runs its tasks in-process."""
 
 
 def test_transient_fault_is_retried_then_succeeds(monkeypatch, video):
