@@ -156,6 +156,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery -------------------------------------------------------------------------------
+def _redis_broker_options(visibility: int) -> dict:
+    """visibility_timeout: how long Redis waits before it hands an unacknowledged task (its worker died) to
+    another worker. Workers look for such tasks every interval x throttle seconds (kombu's default is over a
+    minute and a half, whatever the timeout): here every fifth of the timeout, between 1 s and a minute, so a
+    dead worker's task comes back soon after its timeout. Each look is one indexed range query on Redis."""
+    return {"visibility_timeout": visibility, "unacked_restore_interval": max(1, min(60, visibility // 5)),
+            "unacked_restore_throttle": 1}
+
+
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 _broker_dir = VAR_DIR / "celery" / "broker"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
@@ -163,9 +172,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"data_folder_in": str(_broker_dir), "data_folder_out": str(_broker_dir), "store_processed": False,
      "control_folder": str(_broker_dir.parent / "control"), "polling_interval": 0.1}
     if CELERY_BROKER_URL.startswith("filesystem")
-    # visibility_timeout: how long Redis waits before it hands an unacknowledged task (its worker died)
-    # to another worker.
-    else {"visibility_timeout": env_int("MVMATCH_BROKER_VISIBILITY_SECONDS", 3600)}
+    else _redis_broker_options(env_int("MVMATCH_BROKER_VISIBILITY_SECONDS", 3600))
 )
 # Several deployments (or test runs) can share one Redis: every broker and result key starts with this.
 MVMATCH_REDIS_KEY_PREFIX = os.environ.get("MVMATCH_REDIS_KEY_PREFIX", "")
