@@ -23,7 +23,7 @@ import torch
 from ml.datagen import SIZES, CONDITIONS, generate_dataset, load_manifest
 from ml.evaluation.robustness import RERANK_TOP_N, category_levels, embed_videos_from, frame_features, \
     sampled_frames, served_ranks
-from ml.serving.bundle import ModelBundle
+from ml.serving.bundle import ModelBundle, read_meta
 from ml.serving.features import load_photo
 from ml.serving.texts import product_text
 
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.videos is not None and args.videos < 1:
         parser.error("--videos must be at least 1")
+    for path in args.bundle:  # before a catalogue is generated for nothing
+        try:
+            read_meta(path)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
     root = Path(args.data or f"var/demo-gallery/{args.videos or SIZES['demo'].videos['test']}")
     manifest = demo_data(root, args.videos)
     frames = [sampled_frames(root / v.file) for v in manifest.videos_in("test")]

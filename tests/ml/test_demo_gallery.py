@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from ml.evaluation import demo_gallery, robustness
 from ml.evaluation.metrics import retrieval_ranks
@@ -43,3 +44,11 @@ def test_index_order_ranks_are_the_served_first_stage(bundle, catalogue):
     column = {p.sku: i for i, p in enumerate(products)}
     truth = np.array([column[v.product_sku] for v in videos])
     np.testing.assert_array_equal(got, retrieval_ranks(embedded.vectors, gallery.vectors, truth)[0])
+
+
+def test_a_path_that_is_not_a_bundle_is_refused_before_anything_is_generated(bundle, tmp_path, capsys):
+    data = tmp_path / "data"
+    with pytest.raises(SystemExit) as exit_:
+        demo_gallery.main(["--bundle", str(bundle), "--bundle", str(tmp_path / "nothing"), "--data", str(data)])
+    assert exit_.value.code == 2 and "is not a model bundle" in capsys.readouterr().err
+    assert not data.exists()
