@@ -32,21 +32,22 @@ OWN = "own"  # the generator's own demo videos (no capture condition)
 
 def demo_data(root: Path, videos: int | None, seed: int = 0):
     """The demo catalogue's manifest, generated into ``root`` once (``videos``: own test videos, default the demo's)."""
-    config = SIZES["demo"] if videos is None else replace(SIZES["demo"], videos={"test": videos})
     if (root / "manifest.json").exists():
         return load_manifest(root)
+    config = SIZES["demo"] if videos is None else replace(SIZES["demo"], videos={"test": videos})
     return generate_dataset(root, config, seed=seed, progress=sys.stderr.isatty())
 
 
 @torch.no_grad()
-def evaluate(bundle_dir: Path, manifest, frames: list[np.ndarray], rerank_top_n: int = RERANK_TOP_N) -> dict:
-    """Top-1 / top-10 shares of the true product, over the own videos and per capture condition."""
+def evaluate(bundle_dir: Path, manifest, photos: list[list[np.ndarray]], frames: list[np.ndarray],
+             rerank_top_n: int = RERANK_TOP_N) -> dict:
+    """Top-1 / top-10 shares of the true product, over the own videos and per capture condition (``photos``:
+    each test product's, ``frames``: each test video's sampled frames, read once for every bundle)."""
     bundle = ModelBundle.load(bundle_dir)
     products = manifest.products_in("test")
     videos = manifest.videos_in("test")
     column = {p.sku: i for i, p in enumerate(products)}
-    gallery = bundle.embed_products([[load_photo(manifest.root / rel) for rel in p.images] for p in products],
-                                    [product_text(p.title, p.description) for p in products])
+    gallery = bundle.embed_products(photos, [product_text(p.title, p.description) for p in products])
     feats, mask = frame_features(bundle, frames)
     captions = [v.caption for v in videos]
     embedded = embed_videos_from(bundle, feats, mask, bundle.encoder.encode_texts(captions),
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(e))
     root = Path(args.data or f"var/demo-gallery/{args.videos or SIZES['demo'].videos['test']}")
     manifest = demo_data(root, args.videos)
+    photos = [[load_photo(root / rel) for rel in p.images] for p in manifest.products_in("test")]
     frames = [sampled_frames(root / v.file) for v in manifest.videos_in("test")]
-    results = [evaluate(Path(b), manifest, frames, args.rerank_top_n) for b in args.bundle]
+    results = [evaluate(Path(b), manifest, photos, frames, args.rerank_top_n) for b in args.bundle]
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     print(render(results), end="")

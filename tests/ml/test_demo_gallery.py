@@ -37,9 +37,9 @@ def test_index_order_ranks_are_the_served_first_stage(bundle, catalogue):
     model = ModelBundle.load(bundle)
     products, videos = catalogue.products_in("test"), catalogue.videos_in("test")
     frames = [robustness.sampled_frames(catalogue.root / v.file) for v in videos]
-    got = demo_gallery.evaluate(bundle, catalogue, frames, rerank_top_n=0)["lines"][demo_gallery.OWN]["ranks"]
-    gallery = model.embed_products([[load_photo(catalogue.root / rel) for rel in p.images] for p in products],
-                                   [product_text(p.title, p.description) for p in products])
+    photos = [[load_photo(catalogue.root / rel) for rel in p.images] for p in products]
+    got = demo_gallery.evaluate(bundle, catalogue, photos, frames, rerank_top_n=0)["lines"][demo_gallery.OWN]["ranks"]
+    gallery = model.embed_products(photos, [product_text(p.title, p.description) for p in products])
     embedded = model.embed_videos(frames, [v.caption for v in videos])
     column = {p.sku: i for i, p in enumerate(products)}
     truth = np.array([column[v.product_sku] for v in videos])
