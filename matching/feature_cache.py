@@ -21,7 +21,6 @@ import threading
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterable
 
-import torch
 from django.conf import settings
 from django.db import connections, router
 
@@ -124,7 +123,7 @@ class FeatureCache:
 
 def _nbytes(value) -> int:
     """Bytes held by the tensors of a detail (a dataclass of tensors) or of a prepared tuple of them."""
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "nbytes"):  # a tensor (or an array); duck-typed so that this module does not import torch
         return value.nbytes
     if dataclasses.is_dataclass(value):
         value = [getattr(value, f.name) for f in dataclasses.fields(value)]

@@ -31,11 +31,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+
+if TYPE_CHECKING:  # pymilvus loads when a client opens, not with Django (every management command imports this)
+    from pymilvus import MilvusClient
 
 CATEGORY_FIELDS = ("upper_id", "middle_id", "lower_id")
 MAX_TOP_K = 16384  # Milvus' limit on k (and on queries per search)
@@ -76,6 +77,9 @@ def connect(uri: str, token: str | None = None) -> MilvusClient:
     uri, local = key[1], _is_local(uri)
     if local:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -245,7 +249,9 @@ class VectorCollection:
             self.ensure()
 
     def _create(self) -> None:
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        from pymilvus import DataType
+
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
         for category_field in CATEGORY_FIELDS:
