@@ -84,8 +84,8 @@ class BuildConfig:
     category_head: bool = True
     # Region scorer (ml.serving.regions): each sampled frame pooled with its most product-like crop, for products
     # small, cluttered or overlaid in hand-held footage; trained on capture videos of the training products. Ingest
-    # encodes every candidate crop of every frame; opt-in (docs/benchmark/robustness-recipes.md).
-    region_scorer: bool = False
+    # encodes every candidate crop of every frame (docs/benchmark/robustness-recipes.md, third round).
+    region_scorer: bool = True
     epochs: int = 30
     batch_size: int = 64
     queue_size: int = 64
