@@ -43,7 +43,7 @@ from ml.datagen.manifest import Product
 from ml.evaluation.benchmark import machine_description
 from ml.evaluation.metrics import score_ranks, summarise_ranks
 from ml.serving.bundle import Embedded, ModelBundle
-from ml.serving.features import load_photo
+from ml.serving.features import frame_features as serving_frame_features, load_photo
 from ml.serving.padding import pad_groups
 from ml.serving.texts import product_text
 from ml.serving.towers import embed_videos
@@ -189,8 +189,9 @@ def served_ranks(bundle: ModelBundle, videos: Embedded, products: Embedded, leve
 
 
 def frame_features(bundle: ModelBundle, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frame features [N, T, D], mask [N, T]) of sampled videos, as `ml.serving.features.video_features` makes them."""
-    flat = bundle.encoder.encode_images(np.concatenate(frames))
+    """(frame features [N, T, D], mask [N, T]) of sampled videos, as `ml.serving.features.video_features` makes them
+    (with the bundle's region scorer when it has one)."""
+    flat = serving_frame_features(bundle.encoder, np.concatenate(frames), bundle.regions)
     return pad_groups(list(flat.split([len(f) for f in frames])), bundle.encoder.embed_dim, dtype=torch.float32)
 
 

@@ -7,6 +7,8 @@
                      queues or optimiser; their config is ``instance`` in bundle.json
       text_query.pt  optional: text query head into the same space (ml.serving.text_query), for text search
       two_stage.pt   optional: salient frames, category head, re-ranking head and their weights (ml.serving.two_stage)
+      regions.pt     optional: the region scorer; with it each sampled frame is pooled with its most product-like
+                     crop before the towers (ml.serving.regions)
 
 The database's ModelVersion points at a bundle directory; every vector in the index names it.
 Loading imports serving code only. Bundles written before ``towers.pt`` existed ship ``instance.pt``, a
@@ -24,12 +26,14 @@ import torch
 
 from ml.serving.encoders import Encoder, load_encoder
 from ml.serving.features import FRAMES_PER_VIDEO, photo_features, product_features, video_features
+from ml.serving.regions import RegionScorer
 from ml.serving.text_query import TextQueryHead
 from ml.serving.towers import InstanceTowers, embed_products, embed_videos
 from ml.serving.two_stage import ProductDetail, TwoStage
 
 META_FILE = "bundle.json"
 TOWERS_FILE = "towers.pt"
+REGIONS_FILE = "regions.pt"
 LEGACY_INSTANCE_FILE = "instance.pt"  # a training checkpoint: bundles written before towers.pt
 
 
@@ -68,12 +72,13 @@ class Embedded(NamedTuple):
 
 class ModelBundle:
     def __init__(self, encoder: Encoder, instance: InstanceTowers, meta: dict, text_query: TextQueryHead | None = None,
-                 two_stage: TwoStage | None = None):
+                 two_stage: TwoStage | None = None, regions: RegionScorer | None = None):
         self.encoder = encoder
         self.instance = instance.eval()
         self.meta = meta
         self.text_query = text_query
         self.two_stage = two_stage
+        self.regions = regions
 
     @property
     def embed_dim(self) -> int:
@@ -91,11 +96,13 @@ class ModelBundle:
         instance = load_towers(path, meta, device)
         text_query = TextQueryHead.load(path / "text_query.pt") if (path / "text_query.pt").exists() else None
         two_stage = TwoStage.load(path / "two_stage.pt") if (path / "two_stage.pt").exists() else None
-        return cls(encoder, instance, meta, text_query, two_stage)
+        regions = RegionScorer.load(path / REGIONS_FILE) if (path / REGIONS_FILE).exists() else None
+        return cls(encoder, instance, meta, text_query, two_stage, regions)
 
     @staticmethod
     def write(path: str | Path, encoder: Encoder, towers: InstanceTowers, meta: dict,
-              text_query: TextQueryHead | None = None, two_stage: TwoStage | None = None) -> Path:
+              text_query: TextQueryHead | None = None, two_stage: TwoStage | None = None,
+              regions: RegionScorer | None = None) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         encoder.save(path / "encoder.pt")
@@ -104,6 +111,8 @@ class ModelBundle:
             text_query.save(path / "text_query.pt")
         if two_stage is not None:
             two_stage.save(path / "two_stage.pt")
+        if regions is not None:
+            regions.save(path / REGIONS_FILE)
         (path / META_FILE).write_text(json.dumps(meta | {"instance": towers.config_dict()}, indent=2))
         return path
 
@@ -111,7 +120,7 @@ class ModelBundle:
     def embed_videos(self, frames: Sequence[np.ndarray], captions: Sequence[str]) -> Embedded:
         """Videos given as uint8 frames [T, H, W, 3] and their captions; the vectors pool the frames the second
         stage keeps (the salient ones when the bundle selects them, else all)."""
-        feats, mask, text = video_features(self.encoder, frames, captions)
+        feats, mask, text = video_features(self.encoder, frames, captions, self.regions)
         if self.two_stage is None:
             return Embedded(embed_videos(self.instance, feats, text, mask), None)
         details = self.two_stage.describe_videos(feats, mask, text, [bool(c.strip()) for c in captions])

@@ -181,6 +181,13 @@ class Encoder:
                             batch_size)
 
     @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """``[N, D]`` unit vectors for images already at the model's side (`frames_to_pixels`), e.g. crops of
+        several sizes resized apart and encoded in one pass."""
+        return self._encode(pixels, lambda chunk: self.model.encode_image(self.normalise(chunk.to(self.device)),
+                                                                          normalize=True), batch_size)
+
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
         """``[N, D]`` unit vectors; an empty string gets the (fixed) vector of an empty sentence."""
         return self._encode(list(texts), lambda chunk: self.model.encode_text(self.tokenize(chunk), normalize=True),

@@ -15,16 +15,25 @@ from PIL import Image
 
 from ml.serving.encoders import Encoder
 from ml.serving.padding import pad_groups
+from ml.serving.regions import RegionScorer
 
 FRAMES_PER_VIDEO = 8
 
 
-def video_features(encoder: Encoder, frames: Sequence[np.ndarray], captions: Sequence[str]):
-    """frames: per video uint8 [T, H, W, 3]. Returns (frame feats [N, T, D], mask [N, T], caption feats [N, D])."""
-    flat = encoder.encode_images(np.concatenate(list(frames))) if len(frames) else torch.empty(0, encoder.embed_dim)
+def video_features(encoder: Encoder, frames: Sequence[np.ndarray], captions: Sequence[str],
+                   regions: RegionScorer | None = None):
+    """frames: per video uint8 [T, H, W, 3]. Returns (frame feats [N, T, D], mask [N, T], caption feats [N, D]).
+    With ``regions``, each frame's feature pools it with its most product-like crop (ml.serving.regions)."""
+    flat = frame_features(encoder, np.concatenate(list(frames)), regions) if len(frames) \
+        else torch.empty(0, encoder.embed_dim)
     groups = list(flat.split([len(f) for f in frames])) if len(frames) else []
     feats, mask = pad_groups(groups, encoder.embed_dim, dtype=torch.float32)
     return feats, mask, encoder.encode_texts(list(captions))
+
+
+def frame_features(encoder: Encoder, frames: np.ndarray, regions: RegionScorer | None = None) -> torch.Tensor:
+    """[N, D] unit features of sampled frames [N, S, S, 3]: the whole frame's, or pooled with its best region."""
+    return encoder.encode_images(frames) if regions is None else regions.frame_features(encoder, frames)
 
 
 def product_features(encoder: Encoder, photos: Sequence[Sequence[np.ndarray]], texts: Sequence[str]):

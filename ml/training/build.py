@@ -28,6 +28,7 @@ from ml.serving.towers import InstanceConfig, embed_products, embed_videos
 from ml.serving.two_stage import TwoStage, TwoStageConfig
 from ml.training.heads import fit_split_query_head
 from ml.training.prepare import FeatureRecipe, prepare_features
+from ml.training.regions import RegionData, train_region_scorer
 from ml.training.second_stage import SplitInputs, fit_selector, fit_two_stage, salient_only
 from ml.training.train_instance import TrainConfig, evaluate, export_towers, load_checkpoint, shortcut_instance, \
     train
@@ -81,6 +82,10 @@ class BuildConfig:
     salient_frames: bool = False
     rerank_top_n: int = TwoStageConfig.top_n
     category_head: bool = True
+    # Region scorer (ml.serving.regions): each sampled frame pooled with its most product-like crop, for products
+    # small, cluttered or overlaid in hand-held footage; trained on capture videos of the training products. Ingest
+    # encodes every candidate crop of every frame (docs/benchmark/robustness-recipes.md, third round).
+    region_scorer: bool = True
     epochs: int = 30
     batch_size: int = 64
     queue_size: int = 64
@@ -143,6 +148,12 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
         inputs = {s: split_inputs(encoder, manifest, s, features[s], pooled[s], model, text_query) for s in splits}
         second_stage = fit_two_stage(two_stage, inputs["train"], inputs["val"])
     timings["two_stage_s"] = time.monotonic() - t
+    regions, region_info = None, None
+    if cfg.region_scorer:
+        t = time.monotonic()
+        regions, region_info = train_region_scorer(encoder, manifest, "train",
+                                                   data=RegionData(seed=cfg.seed, workers=cfg.workers))
+        timings["regions_s"] = time.monotonic() - t
     meta = {
         "name": cfg.name,
         "embed_dim": train_cfg.instance.proj_dim,
@@ -154,9 +165,10 @@ def build(out_dir: str | Path, cfg: BuildConfig, workdir: str | Path | None = No
         "tower_loss": {"first": prepared.tower_loss[0], "last": prepared.tower_loss[-1]},
         "metrics": metrics,
         "second_stage": second_stage,  # validation: first stage vs after re-ranking + boost, tuned weights
+        **({"regions": region_info} if region_info else {}),
         "timings": {k: round(v, 1) for k, v in {**timings, "total_s": time.monotonic() - t0}.items()},
     }
-    ModelBundle.write(out_dir, encoder, export_towers(model, train_cfg), meta, text_query, two_stage)
+    ModelBundle.write(out_dir, encoder, export_towers(model, train_cfg), meta, text_query, two_stage, regions)
     (out_dir / "history.json").write_text(json.dumps(
         {"tower_loss": prepared.tower_loss, "instance": history}, default=float))
     return meta
