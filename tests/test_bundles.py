@@ -29,9 +29,10 @@ def embeddings(model: ModelBundle) -> dict[str, np.ndarray | list[bytes]]:
 
 def test_bundle_written_and_loaded_again_embeds_the_same(bundle, tmp_path):
     first = ModelBundle.load(bundle)
+    assert first.regions is not None  # the product default finds the product in each frame (ml.serving.regions)
     before = embeddings(first)
     copy = ModelBundle.write(tmp_path / "copy", first.encoder, first.instance, first.meta, first.text_query,
-                             first.two_stage)
+                             first.two_stage, first.regions)
     again = ModelBundle.load(copy)
     assert again.meta == first.meta
     after = embeddings(again)
