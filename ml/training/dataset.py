@@ -27,7 +27,7 @@ def decode_videos(manifest, videos, *, frames_per_video: int = FRAMES_PER_VIDEO,
         path = Path(manifest.root) / v.file
         if path.suffix == ".npy":  # train/val frames kept as arrays: pick them the way sample_frames does
             frames = read_video_frames(path)
-            out[v.key] = _square(frames[segment_centres(len(frames), frames_per_video)], frame_size)
+            out[v.key] = square_frames(frames[segment_centres(len(frames), frames_per_video)], frame_size)
         else:
             out[v.key] = sample_frames(path, frames_per_video, frame_size).frames
     return out
@@ -71,7 +71,7 @@ def segment_centres(n_frames: int, num: int) -> np.ndarray:
     return np.minimum(((np.arange(num) + 0.5) * n_frames / num).astype(int), n_frames - 1)
 
 
-def _square(frames: np.ndarray, size: int) -> np.ndarray:
+def square_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop and resize frames to size x size, as the ffmpeg sampler does."""
     out = []
     for f in frames:

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ml.datagen.capture import CONDITIONS, render_capture
 from ml.datagen.draw import stable_seed
@@ -29,6 +28,7 @@ from ml.serving.bundle import META_FILE, REGIONS_FILE, read_meta
 from ml.serving.encoders import Encoder, load_encoder
 from ml.serving.features import load_photo, photo_features
 from ml.serving.regions import RegionConfig, RegionScorer, candidate_features
+from ml.training.dataset import segment_centres, square_frames
 
 # Capture presets the scorer's videos are filmed under, each video drawing one.
 PRESETS = ("clean", "small", "clutter", "overlay", "distractors", "shake", "light", "vertical", "all")
@@ -45,24 +45,13 @@ class RegionData:
     workers: int = 2
 
 
-def sample_like_worker(frames: np.ndarray, n: int, size: int) -> tuple[np.ndarray, list[int]]:
-    """The frames at the centres of ``n`` equal segments, centre-cropped square and resized to ``size``, and their
-    indices."""
-    t, h, w = frames.shape[:3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    picks = [min(t - 1, int((i + 0.5) * t / n)) for i in range(n)]
-    return np.stack([np.asarray(Image.fromarray(frames[i, top:top + side, left:left + side]).resize(
-        (size, size), Image.Resampling.BICUBIC)) for i in picks]), picks
-
-
 def _render(job: tuple) -> tuple[np.ndarray, list[bool]]:
     product, preset, others, cfg = job
     rng = np.random.default_rng([cfg.seed, 77, stable_seed(product.sku), PRESETS.index(preset)])
     video = render_capture(product, rng, int(rng.integers(*cfg.frames, endpoint=True)), cfg.footage_size,
                            conditions=CONDITIONS[preset], others=others)
-    frames, picks = sample_like_worker(video.frames, cfg.frames_per_video, cfg.frame_size)
-    return frames, [video.kinds[i] == "product" for i in picks]
+    picks = segment_centres(len(video.frames), cfg.frames_per_video)
+    return square_frames(video.frames[picks], cfg.frame_size), [video.kinds[i] == "product" for i in picks]
 
 
 def render_region_videos(products: Sequence[Product], cfg: RegionData = RegionData()

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from ml.serving.features import video_features
 from ml.serving.regions import RegionConfig, RegionScorer, candidate_features, crop_boxes
-from ml.training.regions import fit_region_scorer, sample_like_worker
+from ml.training.dataset import segment_centres, square_frames
+from ml.training.regions import fit_region_scorer
 
 
 class ColourEncoder:
@@ -74,6 +75,7 @@ def test_distilled_scorer_finds_the_product_crop_and_survives_a_round_trip(tmp_p
 def test_training_frames_are_sampled_as_a_worker_samples_them():
     video = np.zeros((10, 12, 8, 3), np.uint8)  # portrait: the centre 8 x 8 square is kept
     video[:, 2:10] = np.arange(10, dtype=np.uint8)[:, None, None, None] * 20
-    frames, picks = sample_like_worker(video, 4, 16)
-    assert frames.shape == (4, 16, 16, 3) and picks == [1, 3, 6, 8]
+    picks = segment_centres(len(video), 4)  # what ml.training.regions samples from its capture footage
+    frames = square_frames(video[picks], 16)
+    assert frames.shape == (4, 16, 16, 3) and picks.tolist() == [1, 3, 6, 8]
     assert [int(f[8, 8, 0]) for f in frames] == [20, 60, 120, 160]
