@@ -60,6 +60,11 @@ class Hit(NamedTuple):
 _clients: dict[tuple[int, str, str | None], MilvusClient] = {}
 _clients_lock = threading.Lock()
 
+# pymilvus pings every 10 s even on an idle channel; the milvus-lite server (gRPC's defaults) takes a ping
+# without a call as abuse and closes the channel with GOAWAY "too_many_pings", an error line in every
+# web and worker log after each idle spell. Pinging only during calls suits every server.
+GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False, "grpc.keepalive_time_ms": 60_000}
+
 
 def _is_local(uri: str) -> bool:
     return "://" not in uri and not uri.startswith("unix:")
@@ -84,7 +89,7 @@ def connect(uri: str, token: str | None = None) -> MilvusClient:
         client = _clients.get(key)
         if client is None:
             try:
-                client = MilvusClient(uri=uri, token=token or "")
+                client = MilvusClient(uri=uri, token=token or "", grpc_options=GRPC_OPTIONS)
             except MilvusException as exc:
                 if not local:
                     raise
