@@ -65,10 +65,11 @@ class BuildConfig:
     encoder: str = "mv-tiny-vit-minilm"
     tower_steps: int = 400
     tower_batch: int = 64
-    # What the image tower's training images go through (ml.training.train_tower.AUGMENTATIONS): "capture"
-    # pastes products onto clutter, crops, turns, tints, blurs, adds noise and cut-outs, photos and frames alike;
-    # "mixed" does that (without the tint) to half of each batch.
-    augmentation: str = "light"
+    # What the image tower's training images go through (ml.training.train_tower.AUGMENTATIONS): "light-overlay"
+    # (the default) crops, flips and jitters and draws banners and stickers over half the images; "light" is the
+    # recipe before issue #10; "capture" pastes products onto clutter, crops, turns, tints, blurs, adds noise and
+    # cut-outs, photos and frames alike; "mixed" does that (without the tint) to half of each batch.
+    augmentation: str = "light-overlay"
     # Share of training videos the instance towers see without their caption (the empty caption's feature).
     caption_dropout: float = 0.0
     method: str = "mqmc"

@@ -74,6 +74,7 @@ class Augmentation:
     noise: float = 0.0  # largest standard deviation of the added Gaussian noise
     cutout: float = 0.0  # share of images with a rectangle painted over
     cutout_size: float = 0.35  # largest side of that rectangle, as a fraction of the image
+    overlay: float = 0.0  # share of images with a text banner and round stickers drawn over them
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = pixels
@@ -87,6 +88,8 @@ class Augmentation:
             x = x + _uniform(x, generator, 0.0, self.noise).view(-1, 1, 1, 1) * _randn(x, generator)
         if self.cutout > 0 and self.cutout_size > 0:
             x = self._cutout(x, generator)
+        if self.overlay > 0:
+            x = self._overlay(x, generator)
         return x.clamp(0, 1)
 
     def paste_onto_clutter(self, pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +175,29 @@ class Augmentation:
         colour = torch.rand(n, 3, 1, 1, generator=generator).to(x.device)
         return torch.where(inside, colour, x)
 
+    def _overlay(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """What publishers put over their products: a banner with text-like strokes across the middle part of
+        the image, and up to two round stickers near it."""
+        n, _, h, w = x.shape
+        chosen = (_uniform(x, generator, 0.0, 1.0) < self.overlay).view(n, 1, 1)
+        ys = ((torch.arange(h, device=x.device) + 0.5) / h).view(1, h, 1)
+        xs = ((torch.arange(w, device=x.device) + 0.5) / w).view(1, 1, w)
+
+        def drawn(low: float, high: float) -> torch.Tensor:
+            return _uniform(x, generator, low, high).view(n, 1, 1)
+
+        centre_y, half_h, centre_x, half_w = drawn(0.2, 0.8), drawn(0.035, 0.08), drawn(0.3, 0.7), drawn(0.15, 0.45)
+        banner = chosen & ((ys - centre_y).abs() < half_h) & ((xs - centre_x).abs() < half_w)
+        letters = banner & ((ys - centre_y).abs() < 0.5 * half_h) & (torch.sin(2 * math.pi * drawn(15, 40) * xs) > 0)
+        colour = torch.rand(n, 3, 1, 1, generator=generator).to(x.device)
+        x = torch.where(banner.unsqueeze(1), colour, x)
+        x = torch.where(letters.unsqueeze(1), (colour.mean(1, keepdim=True) < 0.5).float().expand_as(colour), x)
+        for _ in range(2):
+            centre_x, centre_y, radius, shown = drawn(0.2, 0.8), drawn(0.2, 0.8), drawn(0.04, 0.1), drawn(0.0, 1.0)
+            sticker = chosen & (shown < 0.7) & ((xs - centre_x) ** 2 + (ys - centre_y) ** 2 < radius ** 2)
+            x = torch.where(sticker.unsqueeze(1), torch.rand(n, 3, 1, 1, generator=generator).to(x.device), x)
+        return x
+
 
 def _uniform(like: torch.Tensor, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
     """One value per image of ``like``, drawn on the CPU generator (seeded runs match across devices)."""
@@ -238,7 +264,8 @@ class AugmentationMix:
 
 
 # Named augmentations (what a build config picks): "light" is the crop / flip / jitter the demo model
-# trained with before capture conditions; "capture" adds what hand-held footage does to a product;
+# trained with before capture conditions; "light-overlay" (the default) adds banners and stickers over half the
+# images, which publishers put over their products; "capture" adds what hand-held footage does to a product;
 # "mixed" gives half of every batch the light one and half the capture one without its colour cast
 # (a colour cast blurs the colours that tell sibling products apart: docs/benchmark/robustness-recipes.md).
 LIGHT = Augmentation()
@@ -248,6 +275,7 @@ AUGMENTATIONS: dict[str, Augmentation | AugmentationMix | None] = {
     "none": None,
     "light": LIGHT,
     "capture": CAPTURE,
+    "light-overlay": replace(LIGHT, overlay=0.5),
     "mixed": AugmentationMix(((LIGHT, 1.0), (replace(CAPTURE, colour_cast=0.0, jitter=LIGHT.jitter), 1.0))),
 }
 

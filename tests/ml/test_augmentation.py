@@ -13,7 +13,8 @@ OFF = Augmentation(min_scale=1.0, max_aspect=1.0, flip=False, rotation=0.0, jitt
                    blur=0.0, noise=0.0, cutout=0.0)
 OPS = {"crop": dict(min_scale=0.25), "aspect": dict(min_scale=0.5, max_aspect=2.0), "flip": dict(flip=True),
        "rotation": dict(rotation=20.0), "jitter": dict(jitter=0.4), "colour_cast": dict(colour_cast=0.2),
-       "paste": dict(paste=1.0), "blur": dict(blur=1.0), "noise": dict(noise=0.1), "cutout": dict(cutout=1.0)}
+       "paste": dict(paste=1.0), "blur": dict(blur=1.0), "noise": dict(noise=0.1), "cutout": dict(cutout=1.0),
+       "overlay": dict(overlay=1.0)}
 
 
 def photos(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -48,6 +49,16 @@ def test_each_op_alone_changes_the_images(op):
     out = replace(OFF, **OPS[op])(pixels, seeded())
     assert out.shape == pixels.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, pixels, atol=1e-3)
+
+
+def test_overlay_covers_part_of_each_image_with_flat_marks():
+    pixels = photos(16, 64)
+    out = replace(OFF, overlay=1.0)(pixels, seeded())
+    covered = (out - pixels).abs().amax(dim=1).gt(1e-6).float().mean(dim=(1, 2))
+    assert covered.min() > 0.01 and covered.max() < 0.5  # a banner and stickers, not a new image
+    assert torch.equal(replace(OFF, overlay=0.5)(pixels, seeded(3)), replace(OFF, overlay=0.5)(pixels, seeded(3)))
+    half = replace(OFF, overlay=0.5)(pixels, seeded(3))
+    assert 0 < (half - pixels).abs().flatten(1).amax(dim=1).gt(1e-4).sum() < 16  # a share of the images
 
 
 @pytest.mark.parametrize("side", [0.3, 0.5, 0.8])
