@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from tests.stack import Stack
 
 FRAMES = 8  # settings.MVMATCH_FRAMES_PER_VIDEO in the stack's environment
@@ -95,6 +97,9 @@ class Faults:
             caught = self.stack.get(path).json()["status"] == "processing"
             try:
                 deleted = self.stack.session.delete(self.stack.base + path, timeout=30).status_code
+            except requests.Timeout:
+                raise AssertionError(f"DELETE {path} had no answer in 30 s while the worker was paused; "
+                                     f"logs:{self.stack.log_tails()}") from None
             finally:
                 self.stack.signal_tree("worker", signal.SIGCONT)
             if caught:

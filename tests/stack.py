@@ -158,14 +158,17 @@ class Stack:
                 proc.wait()
 
     def signal_tree(self, name: str, sig: int) -> None:
-        """Send ``sig`` to a process and all its descendants (a prefork worker and its pool), children first."""
+        """Send ``sig`` to a process and all its descendants (a prefork worker and its pool), children first.
+        Linux lists a child under the thread that forked it, so every thread's list is read."""
         pids, frontier = [], [self.procs[name].pid]
         while frontier:
             pid = frontier.pop()
             pids.append(pid)
-            children = Path(f"/proc/{pid}/task/{pid}/children")
-            if children.exists():
-                frontier += [int(c) for c in children.read_text().split()]
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    frontier += [int(c) for c in children.read_text().split()]
+                except OSError:  # the thread ended meanwhile
+                    pass
         for pid in reversed(pids):
             try:
                 os.kill(pid, sig)
@@ -211,9 +214,12 @@ class Stack:
                     raise RuntimeError(f"{name} exited ({proc.returncode}) while waiting for {what}:\n"
                                        f"{self.log(name)[-3000:]}")
             time.sleep(0.3)
-        workers = "".join(f"\n--- {name}:\n{self.log(name)[-3000:]}"
-                          for name in self.procs if name.startswith("worker"))
-        raise TimeoutError(f"timed out waiting for {what}; worker logs:{workers}")
+        raise TimeoutError(f"timed out waiting for {what}; worker logs:{self.log_tails('worker')}")
+
+    def log_tails(self, *prefixes: str, chars: int = 3000) -> str:
+        """The last ``chars`` of each process's log whose name starts with one of ``prefixes`` (all: none given)."""
+        return "".join(f"\n--- {name}:\n{self.log(name)[-chars:]}"
+                       for name in self.procs if not prefixes or name.startswith(prefixes))
 
     def run_task(self, task: str, pk: int, timeout: float = 120) -> str:
         """Send ``task`` (ingest_video / ingest_product) for ``pk`` through the broker and wait for its result."""

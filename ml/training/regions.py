@@ -107,6 +107,17 @@ def train_region_scorer(encoder: Encoder, manifest: Manifest, split: str = "trai
                     "videos": int(len(frames)), "frames": int(len(flat)), "grid": [list(g) for g in cfg.grid]}
 
 
+def parse_grid(text: str) -> tuple[tuple[float, int], ...]:
+    """"0.5x3,0.75x2" -> ((0.5, 3), (0.75, 2)): crop side share x crops per axis, scale by scale."""
+    try:
+        grid = tuple((float(share), int(n)) for share, n in (item.split("x") for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid {text!r}: expected SHARExN[,SHARExN...], e.g. 0.5x3,0.75x2")
+    if not grid or any(not 0 < share <= 1 or n < 1 for share, n in grid):
+        raise argparse.ArgumentTypeError(f"grid {text!r}: shares in (0, 1], at least one crop per axis")
+    return grid
+
+
 def main(argv: list[str] | None = None) -> None:
     """Add a region scorer to an existing bundle, trained on the products of the build's generated data."""
     parser = argparse.ArgumentParser(prog="python -m ml.training.regions", description=main.__doc__)
@@ -115,11 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--grid", type=parse_grid, default=RegionConfig.grid,
+                        help="candidate crops, SHARExN per scale (default: %(default)s)")
     args = parser.parse_args(argv)
     bundle = Path(args.bundle)
     meta = read_meta(bundle)
     encoder = load_encoder(bundle / "encoder.pt")
-    scorer, info = train_region_scorer(encoder, load_manifest(args.data), args.split,
+    scorer, info = train_region_scorer(encoder, load_manifest(args.data), args.split, RegionConfig(grid=args.grid),
                                        data=RegionData(seed=args.seed, workers=args.workers))
     scorer.save(bundle / REGIONS_FILE)
     (bundle / META_FILE).write_text(json.dumps(meta | {"regions": info}, indent=2))

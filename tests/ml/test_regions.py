@@ -1,11 +1,14 @@
+import argparse
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ml.serving.features import video_features
 from ml.serving.regions import RegionConfig, RegionScorer, candidate_features, crop_boxes
 from ml.training.dataset import segment_centres, square_frames
-from ml.training.regions import fit_region_scorer
+from ml.training.regions import fit_region_scorer, parse_grid
 
 
 class ColourEncoder:
@@ -79,3 +82,11 @@ def test_training_frames_are_sampled_as_a_worker_samples_them():
     frames = square_frames(video[picks], 16)
     assert frames.shape == (4, 16, 16, 3) and picks.tolist() == [1, 3, 6, 8]
     assert [int(f[8, 8, 0]) for f in frames] == [20, 60, 120, 160]
+
+
+def test_grid_option_reads_scales_and_refuses_what_is_not_a_grid():
+    assert parse_grid("0.33x4,0.5x3,0.75x2") == ((0.33, 4), (0.5, 3), (0.75, 2))
+    assert parse_grid("1x1") == ((1.0, 1),)
+    for bad in ("", "0.5", "0.5x", "x3", "0.5x3,", "1.5x2", "0x2", "0.5x0", "0.5x2.5", "halfx3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_grid(bad)
