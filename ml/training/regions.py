@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bundle", help="bundle directory; regions.pt is written into it")
     parser.add_argument("--data", required=True, help="the build's generated data (OUT/../.NAME-work/data)")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=RegionData.seed)
+    parser.add_argument("--workers", type=int, default=RegionData.workers)
     parser.add_argument("--videos-per-product", type=int, default=RegionData.videos_per_product,
                         help="capture videos filmed of each training product (default: %(default)s)")
     parser.add_argument("--grid", type=parse_grid, default=RegionConfig.grid,
